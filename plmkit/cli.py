@@ -1,0 +1,65 @@
+"""The ``plmkit`` command: ``grade`` for learners and instructors, ``author`` and ``execute`` for authors."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plmkit", description="Tools of the PLM book.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grade", help="grade exercise notebooks (exit 0: all pass, 1: some fail, 2: unusable input)")
+    g.add_argument("paths", nargs="+", metavar="PATH", help="notebook(s) to grade; never modified")
+    g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    g.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                   help="per-cell time limit (default 300)")
+    g.add_argument("--reference", metavar="DIR",
+                   help="folder with the pristine notebooks (solutions/ or notebooks/ of the book); "
+                        "default: the book's own solutions/")
+
+    a = sub.add_parser("author", help="regenerate notebooks/ from solutions/")
+    a.add_argument("--check", action="store_true", help="write nothing; exit 1 if notebooks/ is out of date")
+    a.add_argument("--root", default=".", help="the book's root folder (default: .)")
+    a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
+
+    e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
+    e.add_argument("paths", nargs="+", metavar="PATH")
+    e.add_argument("--timeout", type=int, default=1800, metavar="SECONDS", help="per-cell time limit")
+
+    args = parser.parse_args(argv)
+    if args.command == "grade":
+        from .grading.grader import DEFAULT_TIMEOUT, grade
+        timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        if timeout <= 0:
+            parser.error(f"--timeout must be a positive number of seconds, got {timeout}")
+        return grade(args.paths, json_path=args.json, timeout=timeout, reference=args.reference)
+    if args.command == "author":
+        from .grading.author import author
+        from .grading.notebook import NotebookError
+        try:
+            stale = author(args.root, check=args.check, chapters=args.chapters or None)
+        except (NotebookError, FileNotFoundError) as err:
+            print(f"plmkit author: {err}", file=sys.stderr)
+            return 2
+        verb = "out of date" if args.check else "written"
+        for name in stale:
+            print(f"{verb}: {name}")
+        if args.check and stale:
+            print("run `plmkit author` to regenerate notebooks/", file=sys.stderr)
+            return 1
+        if not stale:
+            print("notebooks/ is up to date")
+        return 0
+    if args.command == "execute":
+        from .grading.execute import execute
+        for path in args.paths:
+            print(f"executing {path} ...", flush=True)
+            seconds = execute(path, timeout=args.timeout)
+            print(f"  done in {seconds:.1f} s")
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

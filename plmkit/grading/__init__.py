@@ -1,0 +1,1 @@
+"""Authoring (solutions -> exercise notebooks), execution, and the grader."""

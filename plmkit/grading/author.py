@@ -1,0 +1,133 @@
+"""Generate the learners' notebooks/ from the chapter sources in solutions/.
+
+For every code cell, each region between ``### BEGIN SOLUTION`` and
+``### END SOLUTION`` becomes one line at the region's indentation::
+
+    raise NotImplementedError("Exercise 0.1: replace this line with your code")
+
+Cells whose code was removed lose their outputs; ``book-only`` cells are
+dropped; every other cell keeps its id, source and stored outputs (so check
+cells keep their expected verdict). The notebook's metadata records its
+chapter, which the grader reads.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from . import notebook as nbt
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = 'raise NotImplementedError("Exercise {num}: replace this line with your code")'
+BOOK_ONLY, EXERCISE_TAG = "book-only", "exercise"
+SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+
+
+def strip_solutions(source: str, num: str) -> str:
+    """Replace every solution region of a cell's source by a stub.
+
+    >>> print(strip_solutions("def f(x):\\n    ### BEGIN SOLUTION\\n    return x\\n    ### END SOLUTION", "0.1"))
+    def f(x):
+        raise NotImplementedError("Exercise 0.1: replace this line with your code")
+    """
+    out, inside, indent = [], False, ""
+    for lineno, line in enumerate(source.split("\n"), 1):
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise nbt.NotebookError(f"exercise {num}: nested {BEGIN} at line {lineno}")
+            inside, indent = True, line[: len(line) - len(line.lstrip())]
+            out.append(indent + STUB.format(num=num))
+        elif stripped == END:
+            if not inside:
+                raise nbt.NotebookError(f"exercise {num}: {END} without {BEGIN} at line {lineno}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise nbt.NotebookError(f"exercise {num}: {BEGIN} is never closed")
+    return "\n".join(out)
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+def prepare_solution(nb, chapter: str) -> bool:
+    """Give a solution notebook the metadata the book needs; return True if anything changed.
+
+    Exercise cells are collapsed in the book behind a "Show solution" button.
+    """
+    changed = False
+    if nb.metadata.get("plmkit", {}).get("chapter") != chapter:
+        nb.metadata.setdefault("plmkit", {})["chapter"] = chapter
+        changed = True
+    for cell in nb.cells:
+        if nbt.is_exercise(cell):
+            tags = _tags(cell)
+            if "hide-input" not in tags:
+                cell.metadata["tags"] = tags + ["hide-input"]
+                changed = True
+            if cell.metadata.get("mystnb") != SOLUTION_PROMPTS:
+                cell.metadata["mystnb"] = dict(SOLUTION_PROMPTS)
+                changed = True
+        elif cell.cell_type == "code" and BEGIN in cell.source:
+            raise nbt.NotebookError(f"a cell holds {BEGIN} but does not start with '# Exercise N.M: title'")
+    return changed
+
+
+def make_exercise_notebook(solution, chapter: str):
+    """Return the learner's notebook for a (prepared) solution notebook."""
+    nbt.exercises(solution)  # validates the structure
+    nb = copy.deepcopy(solution)
+    cells = []
+    for cell in nb.cells:
+        tags = _tags(cell)
+        if BOOK_ONLY in tags:
+            continue
+        if nbt.is_exercise(cell):
+            num = nbt.exercise_number(cell.source)
+            if BEGIN not in cell.source:
+                raise nbt.NotebookError(f"exercise {num} has no {BEGIN} region")
+            cell.source = strip_solutions(cell.source, num)
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("mystnb", None)
+            cell.metadata["tags"] = [t for t in tags if t != "hide-input"] + (
+                [EXERCISE_TAG] if EXERCISE_TAG not in tags else [])
+            cell.metadata["plmkit"] = {**cell.metadata.get("plmkit", {}), "exercise": num}
+        cells.append(cell)
+    nb.cells = cells
+    nb.metadata["plmkit"] = {"chapter": chapter, "generated_from": f"solutions/{chapter}.ipynb"}
+    return nb
+
+
+def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None) -> list[str]:
+    """Regenerate notebooks/ under `root`; return the chapters whose notebook changed (or would).
+
+    With `check=True` nothing is written: the return value lists what is out of date.
+    """
+    root = Path(root)
+    src_dir, out_dir = root / "solutions", root / "notebooks"
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"{src_dir} does not exist: run this from the book's root folder")
+    stale = []
+    for src in sorted(src_dir.glob("*.ipynb")):
+        chapter = src.stem
+        if not nbt.CHAPTER_RE.match(chapter):
+            raise nbt.NotebookError(f"{src}: a chapter file must be named NN_slug.ipynb")
+        if chapters and chapter not in chapters:
+            continue
+        sol = nbt.read(src)
+        if prepare_solution(sol, chapter):
+            stale.append(f"solutions/{chapter}.ipynb")
+            if not check:
+                nbt.write(sol, src)
+        text = nbt.dumps(make_exercise_notebook(sol, chapter))
+        dest = out_dir / src.name
+        if not dest.exists() or dest.read_text(encoding="utf-8") != text:
+            stale.append(f"notebooks/{chapter}.ipynb")
+            if not check:
+                out_dir.mkdir(exist_ok=True)
+                dest.write_text(text, encoding="utf-8")
+    return stale

@@ -1,0 +1,76 @@
+"""The book builds with zero warnings and its pages work offline in a real browser."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CHAPTERS, ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    if not (ROOT / "_vendor" / ".done").exists():
+        pytest.fail("_vendor/ is missing: run `make setup` (it fetches MathJax and the widget scripts)")
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "--path-output", str(out), str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert not warnings, "\n".join(warnings)
+    return out / "_build" / "html"
+
+
+def test_every_chapter_and_page_is_built(site):
+    for chapter in CHAPTERS:
+        assert (site / "solutions" / f"{chapter}.html").is_file()
+    for page in ("intro", "setup", "grading", "glossary", "references", "authoring"):
+        assert (site / "book" / f"{page}.html").is_file()
+    refs = (site / "book" / "references.html").read_text()
+    assert "attention is all you need" in refs.lower()
+
+
+def test_chapter_page_hides_solutions_and_links_the_exercise_notebook(site):
+    html = (site / "solutions" / "00_warmup.html").read_text()
+    assert "Show solution" in html
+    assert "BEGIN SOLUTION" not in html.split("Show solution", 1)[0], "a solution is shown before its toggle"
+    assert "00_warmup.ipynb" in html and "_downloads" in html
+    assert re.search(r"Exercise 0\.1 softmax: (\d+)/\1 checks passed", html)  # the stored verdicts are shown
+
+
+def test_site_has_no_network_dependencies(site):
+    html = (site / "solutions" / "00_warmup.html").read_text()
+    for cdn in ("cdn.jsdelivr.net", "unpkg.com", "cdnjs.cloudflare.com"):
+        assert f'src="https://{cdn}' not in html, f"page loads a script from {cdn}"
+    assert (site / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert (site / "_static" / "widgets" / "embed-amd.js").is_file()
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("no Chromium found: `make setup` installs Debian's chromium")
+
+
+def test_math_and_widgets_render_offline_in_headless_chromium(site, tmp_path):
+    page = site / "solutions" / "00_warmup.html"
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+           "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no network, as offline
+           "--dump-dom", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    dom = proc.stdout
+    assert "<html" in dom, proc.stderr[-2000:]
+    assert "<mjx-container" in dom, "MathJax did not typeset the page's math"
+    assert "widget-slider" in dom or "jupyter-widgets" in dom and "widget-" in dom, \
+        "the embedded ipywidget was not rendered"

@@ -1,0 +1,203 @@
+"""`plmkit grade` end to end on chapter 0, including the ways a learner might fool it."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from plmkit.cli import main
+from plmkit.grading import notebook as nbt
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grader")]
+CH = "00_warmup"
+BLANK = ROOT / "notebooks" / f"{CH}.ipynb"
+SOLVED = ROOT / "solutions" / f"{CH}.ipynb"
+ALL = ["0.1", "0.2", "0.3", "0.4"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def grade(path: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    """Run `plmkit grade` on `path`; check the file is untouched; return (exit code, json report)."""
+    before = sha(path)
+    report = tmp_path / f"{path.stem}-report.json"
+    code = main(["grade", str(path), "--json", str(report), *extra])
+    assert sha(path) == before, "the grader must never modify the learner's notebook"
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return code, data
+
+
+def outcomes(data: dict) -> dict[str, bool]:
+    (nb,) = data["notebooks"]
+    return {e["number"]: e["passed"] for e in nb["exercises"]}
+
+
+def verdicts(data: dict) -> dict[str, str]:
+    (nb,) = data["notebooks"]
+    return {e["number"]: e["verdict"] for e in nb["exercises"]}
+
+
+def variant(tmp_path: Path, name: str, edit, base: Path = BLANK) -> Path:
+    nb = nbt.read(base)
+    edit(nb)
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+def exercise_cell(nb, number: str):
+    return next(c for c in nb.cells if nbt.exercise_number(c.source) == number)
+
+
+def check_cell(nb, number: str):
+    ex = next(e for e in nbt.exercises(nb) if e.number == number)
+    return nb.cells[ex.check_indices[0]]
+
+
+def solution_source(number: str) -> str:
+    return exercise_cell(nbt.read(SOLVED), number).source
+
+
+def fill(nb, numbers, source_for=solution_source):
+    for n in numbers:
+        exercise_cell(nb, n).source = source_for(n)
+
+
+def test_solutions_pass_everything(tmp_path, capsys):
+    code, data = grade(SOLVED, tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert outcomes(data) == dict.fromkeys(ALL, True)
+    assert data["score"] == data["max_score"] == 4
+    assert "total: 4/4 points" in out
+    assert all(v.startswith("✅ Exercise") for v in verdicts(data).values())
+
+
+def test_blank_notebook_fails_everything(tmp_path, capsys):
+    code, data = grade(BLANK, tmp_path)
+    assert code == 1
+    assert outcomes(data) == dict.fromkeys(ALL, False)
+    assert data["score"] == 0
+    assert all("not attempted yet" in v for v in verdicts(data).values()), verdicts(data)
+
+
+def test_a_wrong_answer_fails_only_its_exercise(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        exercise_cell(nb, "0.1").source = (
+            "# Exercise 0.1: numerically stable softmax\n"
+            "def softmax(x, dim=-1):\n"
+            "    return x.exp() / x.exp().sum(dim=dim, keepdim=True)\n")
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 1
+    assert outcomes(data) == {"0.1": False, "0.2": True, "0.3": True, "0.4": True}
+    assert "0.1" in verdicts(data)["0.1"] and verdicts(data)["0.1"].startswith("❌")
+
+
+def test_editing_expected_outputs_does_not_fake_a_pass(tmp_path):
+    def edit(nb):
+        for n in ALL:  # make every stored expected output match what the blank code prints
+            check_cell(nb, n).outputs = [nbformat.v4.new_output(
+                "stream", name="stdout",
+                text=f"❌ Exercise {n} x: not attempted yet (your code still raises NotImplementedError)\n")]
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
+
+
+def test_replacing_a_check_with_a_print_does_not_fake_a_pass(tmp_path):
+    def edit(nb):
+        for n in ALL:
+            expected = check_cell(nb, n).outputs[0]["text"]
+            check_cell(nb, n).source = f"# NBVAL_CHECK_OUTPUT\nprint({expected.strip()!r})"
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
+
+
+def test_deleting_check_cells_changes_nothing(tmp_path):
+    def drop_checks(nb):
+        nb.cells = [c for c in nb.cells if not nbt.is_check(c)]
+    code, data = grade(variant(tmp_path, "blank-nochecks.ipynb", drop_checks), tmp_path)
+    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
+    # the learner's notebook has no chapter name in its file name: metadata decides
+    code, data = grade(variant(tmp_path, "solved-nochecks.ipynb", drop_checks, base=SOLVED), tmp_path)
+    assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
+
+
+def test_an_endless_loop_fails_its_exercise_and_the_rest_are_graded(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        exercise_cell(nb, "0.2").source = (
+            "# Exercise 0.2: log-softmax\n"
+            "def log_softmax(x, dim=-1):\n"
+            "    while True:\n"
+            "        pass\n")
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path, "--timeout", "20")
+    assert code == 1
+    assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": True, "0.4": True}
+    assert "timed out" in verdicts(data)["0.2"]
+
+
+def test_cells_are_matched_by_exercise_number_when_ids_change(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        for c in nb.cells:
+            c.id = "x" + c.id[:7]
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
+
+
+def test_a_notebook_of_another_chapter_is_refused(tmp_path, capsys):
+    def other(nb):
+        nb.metadata["plmkit"]["chapter"] = "01_tokenization"
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", other), tmp_path)
+    assert code == 2
+    assert "named for chapter 00_warmup but the notebook is chapter 01_tokenization" in capsys.readouterr().out
+
+    def unknown(nb):
+        nb.metadata["plmkit"]["chapter"] = "42_unknown"
+    code, _ = grade(variant(tmp_path, "submission.ipynb", unknown), tmp_path)
+    assert code == 2
+    assert "'42_unknown' is not one of this book's chapters" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"this is not json", "not valid JSON"),
+    (b'{"hello": "world"}', "not a Jupyter notebook"),
+    (b"\xff\xfe\x00garbage", "not a text file"),
+])
+def test_unusable_input_exits_2_with_a_reason(tmp_path, capsys, content, reason):
+    path = tmp_path / f"{CH}.ipynb"
+    path.write_bytes(content)
+    code, data = grade(path, tmp_path)
+    assert code == 2
+    out = capsys.readouterr().out
+    assert reason in out and out.count("\n") == 1
+    assert data["notebooks"][0]["error"]
+
+
+def test_plain_notebook_without_chapter_is_refused(tmp_path, capsys):
+    path = tmp_path / "mine.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), path)
+    assert grade(path, tmp_path)[0] == 2
+    assert "not a notebook of this book" in capsys.readouterr().out
+
+
+def test_bad_timeout_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["grade", str(BLANK), "--timeout", "0"])
+    assert "--timeout must be a positive number" in capsys.readouterr().err
+
+
+def test_reference_folder_of_exercise_notebooks(tmp_path):
+    code, data = grade(SOLVED, tmp_path, "--reference", str(ROOT / "notebooks"))
+    assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
+    code, _ = grade(SOLVED, tmp_path, "--reference", str(tmp_path / "missing"))
+    assert code == 2

@@ -53,7 +53,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     t = targets[keep]
     if (t < 0).any() or (t >= logits.shape[1]).any():
         raise ValueError(f"targets must be class ids in [0, {logits.shape[1]}) or ignore_index")
-    logp = log_softmax(logits[keep], dim=-1)
+    z = logits[keep]                                     # (N', V)
+    z = z - z.amax(dim=-1, keepdim=True)
+    logp = z - z.exp().sum(dim=-1, keepdim=True).log()   # log-softmax, inlined
     return -logp.gather(1, t[:, None]).mean()
 
 

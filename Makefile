@@ -63,7 +63,7 @@ book: setup
 	@echo; echo "The book is at: $(CURDIR)/_build/html/index.html"
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 notebooks: $(STAMP)
 	$(BIN)/plmkit author

@@ -1,0 +1,317 @@
+"""GPT-2: a stack of causal Transformer blocks that predicts the next token.
+
+    token ids (B, T)
+      -> token embedding wte + learned position embedding wpe, dropout
+      -> n_layer Pre-LN decoder blocks (causal self-attention, GELU MLP), no cross-attention
+      -> final LayerNorm ln_f
+      -> LM head, tied to wte: logits (B, T, V)
+
+Everything a block does comes from :mod:`plmkit.nn` (``DecoderBlock`` with
+``norm_first=True, cross_attention=False``); this file adds the embeddings,
+the final norm, the tied head, GPT-2's initialisation, and the conversion
+to and from Hugging Face's GPT-2 checkpoint format. What it leaves out:
+training (see :mod:`plmkit.train`) and decoding (see :mod:`plmkit.generate`).
+
+Hugging Face's GPT-2 stores its linear layers as ``Conv1D`` with weight shape
+(in, out), the transpose of ``nn.Linear``'s (out, in), and fuses the query,
+key and value projections into one ``c_attn`` of width 3C:
+
+    HF GPT2LMHeadModel                       plmkit GPT
+    transformer.wte.weight        (V, C)     wte.weight
+    transformer.wpe.weight        (P, C)     wpe.weight
+    transformer.h.i.ln_1.*                   blocks.i.norm1.*
+    transformer.h.i.attn.c_attn.weight (C, 3C) -> transpose, split in 3 -> blocks.i.attn.{q,k,v}_proj.weight
+    transformer.h.i.attn.c_proj.weight (C, C)  -> transpose -> blocks.i.attn.out_proj.weight
+    transformer.h.i.ln_2.*                   blocks.i.norm2.*
+    transformer.h.i.mlp.c_fc.weight  (C, 4C) -> transpose -> blocks.i.ffn.fc1.weight
+    transformer.h.i.mlp.c_proj.weight (4C, C) -> transpose -> blocks.i.ffn.fc2.weight
+    transformer.ln_f.*                       ln_f.*
+    lm_head.weight (tied: not stored)        lm_head.weight is wte.weight
+
+    >>> cfg = GPTConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    >>> model = GPT(cfg)
+    >>> tuple(model(torch.randint(50, (3, 10))).shape)          # (B, T, V)
+    (3, 10, 50)
+
+Letters in the shape comments: B batch, T time, C width (n_embd), V vocabulary, P positions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding
+
+__all__ = ["GPTConfig", "GPT"]
+
+# Hugging Face activation names -> plmkit.nn.FeedForward activations.
+_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+_TO_HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+@dataclass
+class GPTConfig:
+    """The sizes of a GPT. Field names follow Hugging Face's ``GPT2Config``.
+
+    ``GPTConfig()`` is GPT-2 small (124M parameters): 50257 tokens, 1024
+    positions, width 768, 12 layers, 12 heads, MLP width 4 * 768.
+
+    >>> GPTConfig(vocab_size=65, n_positions=256, n_embd=384, n_layer=6, n_head=6).n_inner
+    1536
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024          # the longest context (block size)
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None       # MLP width; None means 4 * n_embd
+    dropout: float = 0.0             # embeddings, attention weights, residual branches, MLP
+    activation: str = "gelu_tanh"    # GPT-2 uses the tanh approximation of GELU ("gelu_new")
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head must divide n_embd, got n_embd={self.n_embd}, n_head={self.n_head}")
+        if self.n_inner is None:
+            self.n_inner = 4 * self.n_embd
+        if not isinstance(self.n_inner, int) or self.n_inner < 1:
+            raise ValueError(f"n_inner must be None or a positive int, got {self.n_inner!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in _TO_HF_ACTIVATION:
+            raise ValueError(f"activation must be one of {tuple(_TO_HF_ACTIVATION)}, got {self.activation!r}")
+
+    # -- Hugging Face config.json ----------------------------------------
+    def to_hf_dict(self) -> dict:
+        """The config as Hugging Face's GPT2Config writes it to config.json."""
+        d = {
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size, "n_positions": self.n_positions, "n_ctx": self.n_positions,
+            "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head, "n_inner": self.n_inner,
+            "activation_function": _TO_HF_ACTIVATION[self.activation],
+            "resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon, "initializer_range": self.initializer_range,
+            "tie_word_embeddings": True, "scale_attn_weights": True,
+            "torch_dtype": "float32",
+        }
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "GPTConfig":
+        """Read a Hugging Face GPT-2 config.json (as a dict); refuse settings this GPT does not implement."""
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got {d.get('model_type')!r}")
+        act = d.get("activation_function", "gelu_new")
+        if act not in _HF_ACTIVATIONS:
+            raise ValueError(f"activation_function {act!r} is not supported; use one of {tuple(_HF_ACTIVATIONS)}")
+        for flag, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
+                         ("add_cross_attention", False), ("tie_word_embeddings", True),
+                         ("scale_attn_weights", True)):
+            if d.get(flag, ok) != ok:
+                raise ValueError(f"config.json sets {flag}={d[flag]!r}; this GPT implements only {flag}={ok}")
+        drops = {d.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+        return cls(vocab_size=d.get("vocab_size", 50257), n_positions=d.get("n_positions", 1024),
+                   n_embd=d.get("n_embd", 768), n_layer=d.get("n_layer", 12), n_head=d.get("n_head", 12),
+                   n_inner=d.get("n_inner"), dropout=max(drops), activation=_HF_ACTIVATIONS[act],
+                   layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+                   initializer_range=d.get("initializer_range", 0.02),
+                   bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+
+
+class GPT(nn.Module):
+    """GPT-2 language model: ``GPT(config)(input_ids)`` -> logits (B, T, V).
+
+    `input_ids` is a LongTensor (B, T) with T <= n_positions. For step-by-step
+    decoding pass ``caches=model.new_caches()``: each call then feeds only the
+    new tokens and attends to the keys and values kept from earlier calls.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)                  # token embedding (V, C)
+        self.wpe = LearnedPositionalEmbedding(c.n_positions, c.n_embd)   # position embedding (P, C)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(c.n_embd, c.n_head, c.n_inner, dropout=c.dropout, norm_first=True,
+                         cross_attention=False, activation=c.activation, eps=c.layer_norm_epsilon)
+            for _ in range(c.n_layer))
+        self.ln_f = LayerNorm(c.n_embd, eps=c.layer_norm_epsilon)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight                            # tied: one (V, C) matrix
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms, and the two
+        projections that write into the residual stream scaled by 1/sqrt(2 * n_layer),
+        so that the stream's variance does not grow with depth."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Embedding, LearnedPositionalEmbedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.out_proj, block.ffn.fc2):
+                nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (the tied head is the token embedding); optionally without embeddings.
+
+        >>> GPT(GPTConfig(vocab_size=10, n_positions=4, n_embd=8, n_layer=1, n_head=2)).num_parameters()
+        1000
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def new_caches(self) -> list[KVCache]:
+        """One empty key/value cache per block, for step-by-step decoding."""
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
+                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
+        B, T = input_ids.shape
+        offset = len(caches[0]) if caches else 0
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
+        if offset + T > self.config.n_positions:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than the model's "
+                             f"n_positions={self.config.n_positions}")
+        # The id range check needs the values on the host: done for CPU tensors outside
+        # torch.compile (on a GPU an out-of-range id still fails, inside the embedding kernel).
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), "
+                                 f"got values in [{lo}, {hi}]")
+        x = self.drop(self.wpe(self.wte(input_ids), offset=offset))     # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=caches[i] if caches is not None else None)
+        return self.lm_head(self.ln_f(x))                                # (B, T, V)
+
+    # -- Hugging Face checkpoints --------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors in Hugging Face's GPT-2 format."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(self.config.to_hf_dict(), f, indent=2)
+        state = {k: v.detach().cpu().contiguous() for k, v in _to_hf_state(self).items()}
+        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "GPT":
+        """Load a GPT-2 checkpoint folder (config.json + model.safetensors), ours or Hugging Face's."""
+        from safetensors.torch import load_file
+
+        cfg_path = os.path.join(directory, "config.json")
+        weights_path = os.path.join(directory, "model.safetensors")
+        for path in (cfg_path, weights_path):
+            if not os.path.isfile(path):
+                raise ValueError(f"{os.fspath(directory)!r} is not a GPT-2 checkpoint folder: {path} is missing")
+        with open(cfg_path, encoding="utf-8") as f:
+            config = GPTConfig.from_hf_dict(json.load(f))
+        model = cls(config)
+        state = _from_hf_state(load_file(weights_path, device=str(map_location)), config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]           # tied to wte.weight
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        return model.to(map_location)
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+def _hf_pairs(n_layer: int):
+    """(hf name, plmkit name, kind) for every tensor; kind says how the weight is converted."""
+    yield "transformer.wte.weight", "wte.weight", "copy"
+    yield "transformer.wpe.weight", "wpe.weight", "copy"
+    for i in range(n_layer):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        for hf_ln, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            yield h + hf_ln + ".weight", b + ours + ".weight", "copy"
+            yield h + hf_ln + ".bias", b + ours + ".bias", "copy"
+        yield h + "attn.c_attn.weight", b + "attn.{}_proj.weight", "qkv_weight"
+        yield h + "attn.c_attn.bias", b + "attn.{}_proj.bias", "qkv_bias"
+        for hf_lin, ours in (("attn.c_proj", "attn.out_proj"), ("mlp.c_fc", "ffn.fc1"), ("mlp.c_proj", "ffn.fc2")):
+            yield h + hf_lin + ".weight", b + ours + ".weight", "conv1d"
+            yield h + hf_lin + ".bias", b + ours + ".bias", "copy"
+    yield "transformer.ln_f.weight", "ln_f.weight", "copy"
+    yield "transformer.ln_f.bias", "ln_f.bias", "copy"
+
+
+def _to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
+    ours = model.state_dict()
+    out = {}
+    for hf, name, kind in _hf_pairs(model.config.n_layer):
+        if kind == "copy":
+            out[hf] = ours[name]
+        elif kind == "conv1d":                       # nn.Linear (out, in) -> Conv1D (in, out)
+            out[hf] = ours[name].t()
+        elif kind == "qkv_weight":                   # three (C, C) -> one Conv1D (C, 3C)
+            out[hf] = torch.cat([ours[name.format(p)] for p in "qkv"], dim=0).t()
+        else:                                        # three (C,) -> (3C,)
+            out[hf] = torch.cat([ours[name.format(p)] for p in "qkv"], dim=0)
+    return out
+
+
+def _from_hf_state(hf: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    # Original OpenAI checkpoints have no "transformer." prefix, and old files keep the
+    # causal-mask buffers (attn.bias, attn.masked_bias): normalise both away.
+    hf = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in hf.items()}
+    hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    hf.pop("lm_head.weight", None)                   # tied to the token embedding
+    ours: dict[str, torch.Tensor] = {}
+    used = set()
+    C = config.n_embd
+    for key, name, kind in _hf_pairs(config.n_layer):
+        if key not in hf:
+            raise ValueError(f"checkpoint is missing {key!r}")
+        w = hf[key]
+        used.add(key)
+        if kind == "copy":
+            ours[name] = w
+        elif kind == "conv1d":
+            ours[name] = w.t()
+        elif kind == "qkv_weight":
+            if tuple(w.shape) != (C, 3 * C):
+                raise ValueError(f"{key} has shape {tuple(w.shape)}, expected {(C, 3 * C)}")
+            for p, part in zip("qkv", w.t().split(C, dim=0)):
+                ours[name.format(p)] = part
+        else:
+            for p, part in zip("qkv", w.split(C, dim=0)):
+                ours[name.format(p)] = part
+    extra = sorted(set(hf) - used)
+    if extra:
+        raise ValueError(f"checkpoint has tensors this GPT does not use: {extra[:5]}")
+    return {k: v.contiguous() for k, v in ours.items()}

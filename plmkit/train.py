@@ -1,0 +1,416 @@
+"""The Trainer: one training loop for every model of the book.
+
+Pre-training a language model is the same loop whatever the objective: draw a
+batch, compute a loss, step the optimizer. What makes it work well is the
+detail around that loop, and this file gathers it in one place:
+
+    param_groups     AdamW weight decay on weight matrices only, not on biases,
+                     norms or embeddings
+    warmup_cosine    learning rate: linear warm-up, then cosine decay to a floor
+    Trainer          gradient clipping and accumulation, bf16 autocast on a GPU,
+                     fused AdamW on CUDA, optional torch.compile, periodic
+                     evaluation, a tqdm bar with the loss, checkpoints that
+                     resume exactly, and a loss history for plotting
+
+A batch is whatever the data gives; the loss function turns (model, batch)
+into a scalar. The default expects ``(inputs, targets)`` with targets already
+aligned to the model's output positions (-100 = ignore), which covers causal
+LM windows (targets = inputs shifted by one) and masked LM labels alike::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10))
+    >>> data = [(torch.randint(10, (4, 6)), torch.randint(10, (4, 6)))]
+    >>> trainer = Trainer(model, data, max_steps=3, progress=False, device="cpu")
+    >>> history = trainer.fit()
+    >>> trainer.step, len(history["loss"])
+    (3, 1)
+
+Letters in shape comments: B batch, T time, V vocabulary.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import autocast_dtype, get_device
+
+IGNORE_INDEX = -100
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split a model's trainable parameters into a decayed and a non-decayed group for AdamW.
+
+    Weight decay pulls weights towards zero. That is a sensible prior for the
+    weight matrices of linear layers, but not for biases and normalisation
+    gains (which set offsets and scales) nor for embedding rows (a rare token's
+    row would shrink every step it is not seen). Parameters shared between
+    modules (a tied LM head) are counted once.
+
+    >>> m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    >>> groups = param_groups(m, 0.1)
+    >>> [(g["weight_decay"], len(g["params"])) for g in groups]
+    [(0.1, 1), (0.0, 4)]
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    no_decay_ids: set[int] = set()
+    for module in model.modules():
+        kind = type(module).__name__                     # Embedding, LearnedPositionalEmbedding, LayerNorm, RMSNorm...
+        if isinstance(module, nn.Embedding) or "Embedding" in kind or "Norm" in kind:
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() yields a shared tensor once
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or id(p) in no_decay_ids else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based).
+
+    Linear warm-up from 1/warmup_steps to 1 over the first `warmup_steps`
+    steps (Adam's moment estimates are poor at first, so big steps are
+    risky), then a half cosine from 1 down to `min_lr_ratio` at `max_steps`,
+    and flat after that.
+
+    >>> [round(warmup_cosine(s, warmup_steps=2, max_steps=6, min_lr_ratio=0.0), 3) for s in range(7)]
+    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
+    """
+    if warmup_steps < 0 or max_steps < 1 or warmup_steps > max_steps:
+        raise ValueError(f"need 0 <= warmup_steps <= max_steps and max_steps >= 1, "
+                         f"got warmup_steps={warmup_steps}, max_steps={max_steps}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lm_loss(model: Callable, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The default loss: cross-entropy of ``model(inputs)`` against aligned `targets` (-100 ignored).
+
+    >>> model = nn.Sequential(nn.Embedding(5, 5))
+    >>> x = torch.tensor([[0, 1, 2]]); y = torch.tensor([[1, 2, -100]])
+    >>> round(lm_loss(model, (x, y)).item(), 4) == round(F.cross_entropy(model(x)[0, :2], y[0, :2]).item(), 4)
+    True
+    """
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError("the default loss expects each batch to be a pair (inputs, targets); "
+                         "pass loss_fn=... for other batch formats")
+    inputs, targets = batch
+    logits = model(inputs)                                    # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------- data
+
+def _batches(source, skip: int = 0) -> Iterator[Any]:
+    """Endless stream of batches: call a zero-argument function, or cycle through an iterable
+    (skipping its first `skip` batches, to resume where a checkpoint stopped)."""
+    if _is_function(source):
+        while True:
+            yield source()
+    seen = 0
+    while True:
+        empty = True
+        for batch in source:
+            empty = False
+            seen += 1
+            if seen > skip:
+                yield batch
+        if empty:
+            raise ValueError("the training data yielded no batches")
+
+
+def _is_function(source) -> bool:
+    return callable(source) and not hasattr(source, "__iter__")
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Train `model` on `train_data` for `max_steps` optimizer steps.
+
+    Data: `train_data` (and `eval_data`) is an iterable of batches, cycled when
+    it runs out (a list, a DataLoader), or a function with no arguments that
+    returns a fresh batch (random windows of a corpus).
+
+    Arguments, by theme:
+
+    - objective: `loss_fn(model, batch) -> scalar` (default: `lm_loss`);
+    - optimizer: AdamW with `lr`, `betas`, `weight_decay` (see `param_groups`),
+      fused on CUDA; `grad_clip` (max global gradient norm, None = off);
+      `grad_accum_steps` batches per optimizer step;
+    - schedule: `warmup_steps`, then cosine to `min_lr_ratio * lr` (see `warmup_cosine`);
+    - speed: `device` (default: the best available), `precision` ('auto' =
+      bf16 autocast on a GPU that has it and float32 elsewhere; 'fp32',
+      'bf16', 'fp16'), `compile` (True: torch.compile the model; a string
+      names the torch.compile backend);
+    - evaluation: every `eval_every` steps and at `max_steps`, the mean loss over
+      `eval_batches` batches of `eval_data` (all of an iterable if None, 10
+      calls of a function); `target_eval_loss` stops training as soon as an
+      evaluation reaches it;
+    - bookkeeping: `log_every` (steps per history point, each the mean
+      training loss since the last one), `progress` (a tqdm bar),
+      `checkpoint_path` and `checkpoint_every` (save periodically).
+
+    After `fit()`, `history` holds lists ``step, loss, lr, eval_step, eval_loss``.
+    `save_checkpoint` / `load_checkpoint` store and restore model, optimizer,
+    scheduler, step, history, data position and random-number state, so that
+    a resumed run continues exactly like an uninterrupted one.
+    """
+
+    def __init__(self, model: nn.Module, train_data: Iterable | Callable[[], Any], *,
+                 max_steps: int, eval_data: Iterable | Callable[[], Any] | None = None,
+                 loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                 lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
+                 warmup_steps: int = 0, min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0,
+                 grad_accum_steps: int = 1, eval_every: int | None = None, eval_batches: int | None = None,
+                 target_eval_loss: float | None = None, log_every: int = 10,
+                 device: torch.device | str | None = None, precision: str = "auto", compile: bool | str = False,
+                 progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
+                 checkpoint_every: int | None = None):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for name, value in (("train_data", train_data), ("eval_data", eval_data)):
+            if value is not None and not (callable(value) or hasattr(value, "__iter__")):
+                raise ValueError(f"{name} must be an iterable of batches or a function returning a batch, "
+                                 f"got {type(value).__name__}")
+        _positive_int("max_steps", max_steps)
+        _positive_int("grad_accum_steps", grad_accum_steps)
+        _positive_int("log_every", log_every)
+        for name, value in (("eval_every", eval_every), ("eval_batches", eval_batches),
+                            ("checkpoint_every", checkpoint_every)):
+            if value is not None:
+                _positive_int(name, value)
+        if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= max_steps:
+            raise ValueError(f"warmup_steps must be an int in [0, max_steps={max_steps}], got {warmup_steps!r}")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        if not (len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be None (off) or a number > 0, got {grad_clip!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+        if (eval_every is not None or target_eval_loss is not None) and eval_data is None:
+            raise ValueError("eval_every and target_eval_loss need eval_data")
+        if checkpoint_every is not None and checkpoint_path is None:
+            raise ValueError("checkpoint_every needs checkpoint_path")
+
+        self.device = get_device(device.type if isinstance(device, torch.device) else device)
+        self.model = model.to(self.device)
+        self.train_data, self.eval_data = train_data, eval_data
+        self.loss_fn = loss_fn or lm_loss
+        self.max_steps, self.grad_accum_steps, self.grad_clip = max_steps, grad_accum_steps, grad_clip
+        self.eval_every, self.eval_batches, self.target_eval_loss = eval_every, eval_batches, target_eval_loss
+        self.log_every, self.progress = log_every, progress
+        self.checkpoint_path, self.checkpoint_every = checkpoint_path, checkpoint_every
+
+        # Reduced precision: bf16 needs no loss scaling; fp16 does (its range is small).
+        if precision == "auto":
+            self.amp_dtype = autocast_dtype(self.device)
+        else:
+            self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' here")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+        # A fused AdamW kernel updates all parameters in one launch on CUDA.
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas),
+                                           fused=fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, warmup_steps=warmup_steps, max_steps=max_steps,
+                                                    min_lr_ratio=min_lr_ratio))
+        # The compiled module shares its parameters with `model`; checkpoints use `model`.
+        if compile is True:
+            self.forward_model = torch.compile(model)
+        elif isinstance(compile, str):                       # a backend name, e.g. "eager" for a quick test
+            self.forward_model = torch.compile(model, backend=compile)
+        elif compile is False:
+            self.forward_model = model
+        else:
+            raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+
+        self.step = 0
+        self.batches_seen = 0
+        self.reached_target = False
+        self.history: dict[str, list] = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
+        self._train_iter = _batches(train_data)
+
+    # -- one step ----------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over `grad_accum_steps` batches; returns the mean loss (a tensor, not synced)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum_steps):
+            batch = _to_device(next(self._train_iter), self.device)
+            self.batches_seen += 1
+            with self._autocast():
+                loss = self.loss_fn(self.forward_model, batch)
+            if loss.ndim != 0:
+                raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+            self.scaler.scale(loss / self.grad_accum_steps).backward()
+            total += loss.detach().float()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return total / self.grad_accum_steps
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss on the evaluation data (model in eval mode, so no dropout)."""
+        if self.eval_data is None:
+            raise ValueError("evaluate() needs eval_data")
+        was_training = self.model.training
+        self.model.eval()
+        losses = []
+        if _is_function(self.eval_data):
+            batches = (self.eval_data() for _ in range(self.eval_batches or 10))
+        else:
+            batches = self.eval_data
+        for i, batch in enumerate(batches):
+            if self.eval_batches is not None and i >= self.eval_batches:
+                break
+            with self._autocast():
+                losses.append(self.loss_fn(self.forward_model, _to_device(batch, self.device)).detach().float())
+        self.model.train(was_training)
+        if not losses:
+            raise ValueError("eval_data yielded no batches")
+        return torch.stack(losses).mean().item()
+
+    # -- the loop ----------------------------------------------------------
+    def fit(self, steps: int | None = None) -> dict[str, list]:
+        """Train until `max_steps` (or for `steps` more, at most up to `max_steps`); return `history`."""
+        if steps is not None:
+            _positive_int("steps", steps)
+        end = self.max_steps if steps is None else min(self.max_steps, self.step + steps)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.max_steps, initial=self.step, desc="training", unit="step")
+        running, count = torch.zeros((), device=self.device), 0
+        while self.step < end and not self.reached_target:
+            running += self.train_step()
+            count += 1
+            last = self.step == end
+            if self.step % self.log_every == 0 or last:
+                self.history["step"].append(self.step)
+                self.history["loss"].append((running / count).item())   # one sync per log point
+                self.history["lr"].append(self.scheduler.get_last_lr()[0])
+                running, count = torch.zeros((), device=self.device), 0
+                if bar is not None:
+                    bar.set_postfix(self._postfix(), refresh=False)
+            if self.eval_data is not None and ((self.eval_every and self.step % self.eval_every == 0)
+                                               or self.step == self.max_steps):
+                self._record_eval()
+                if bar is not None:
+                    bar.set_postfix(self._postfix(), refresh=False)
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self.save_checkpoint(self.checkpoint_path)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self.history
+
+    def _record_eval(self) -> None:
+        if self.history["eval_step"] and self.history["eval_step"][-1] == self.step:
+            return
+        loss = self.evaluate()
+        self.history["eval_step"].append(self.step)
+        self.history["eval_loss"].append(loss)
+        if self.target_eval_loss is not None and loss <= self.target_eval_loss:
+            self.reached_target = True
+
+    def _postfix(self) -> dict[str, str]:
+        post = {}
+        if self.history["loss"]:
+            post["loss"] = f"{self.history['loss'][-1]:.3f}"
+        if self.history["eval_loss"]:
+            post["eval"] = f"{self.history['eval_loss'][-1]:.3f}"
+        return post
+
+    # -- checkpoints -------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write model, optimizer, scheduler, step, history, data position and RNG state to `path`."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "batches_seen": self.batches_seen,
+            "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        directory = os.path.dirname(os.fspath(path))
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        torch.save(state, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by `save_checkpoint` so that `fit()` resumes where it stopped."""
+        if not os.path.isfile(path):
+            raise ValueError(f"no checkpoint file at {os.fspath(path)!r}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.batches_seen = state["step"], state["batches_seen"]
+        self.history = state["history"]
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        # Skip the batches already used, so an iterable resumes at the same place.
+        self._train_iter = _batches(self.train_data, skip=0 if _is_function(self.train_data) else self.batches_seen)
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,213 @@
+"""The chapter-4 checkers pass plmkit's reference and fail blank and plausibly buggy answers."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plmkit.checks import gpt as checks
+from plmkit.generate import beam_search_step, best_hypothesis, temperature_softmax, top_k_filter, top_p_filter
+from plmkit.nn import causal_mask
+from plmkit.objectives.clm import clm_loss, perplexity
+
+
+def blank(*args, **kwargs):
+    raise NotImplementedError("Exercise 4.1: replace this line with your code")
+
+
+def run(check, fn, capsys):
+    verdict = check(fn)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == verdict.line
+    return bool(verdict), out
+
+
+REFERENCES = [
+    (checks.check_causal_mask, causal_mask),
+    (checks.check_clm_loss, clm_loss),
+    (checks.check_perplexity, perplexity),
+    (checks.check_temperature_softmax, temperature_softmax),
+    (checks.check_top_k_filter, top_k_filter),
+    (checks.check_top_p_filter, top_p_filter),
+    (checks.check_beam_search_step, beam_search_step),
+    (checks.check_best_hypothesis, best_hypothesis),
+]
+IDS = [c.__name__ for c, _ in REFERENCES]
+
+
+@pytest.mark.parametrize("check, fn", REFERENCES, ids=IDS)
+def test_reference_passes_with_a_stable_line(check, fn, capsys):
+    lines = set()
+    for _ in range(3):                                        # fresh random inputs each time, same verdict
+        ok, out = run(check, fn, capsys)
+        assert ok, out
+        assert out.startswith("✅ Exercise 4.") and out.count("\n") == 1
+        lines.add(out)
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize("check, fn", REFERENCES, ids=IDS)
+def test_blank_fails(check, fn, capsys):
+    ok, out = run(check, blank, capsys)
+    assert not ok and "not attempted" in out
+
+
+# ----------------------------------------------------------------------------- plausible bugs
+
+def mask_transposed(T):
+    return torch.ones(T, T, dtype=torch.bool).triu()
+
+
+def mask_strict(T):
+    return torch.ones(T, T, dtype=torch.bool).tril(-1)
+
+
+def mask_float(T):
+    return torch.ones(T, T).tril()
+
+
+def clm_no_shift(logits, ids):
+    return F.cross_entropy(logits.flatten(0, 1), ids.flatten())
+
+
+def clm_wrong_direction(logits, ids):
+    return F.cross_entropy(logits[:, 1:].flatten(0, 1), ids[:, :-1].flatten())
+
+
+def clm_shift_by_two(logits, ids):
+    return F.cross_entropy(logits[:, :-2].flatten(0, 1), ids[:, 2:].flatten())
+
+
+def ppl_mean_of_ppls(losses, counts):
+    return sum(math.exp(l) for l in losses) / len(losses)
+
+
+def ppl_unweighted(losses, counts):
+    return math.exp(sum(losses) / len(losses))
+
+
+def ppl_no_exp(losses, counts):
+    return sum(l * n for l, n in zip(losses, counts)) / sum(counts)
+
+
+def temp_multiply(logits, T):
+    return torch.softmax(logits * T, dim=-1)
+
+
+def temp_no_greedy(logits, T):
+    return torch.softmax(logits / max(T, 1e-2), dim=-1) if T == 0 else torch.softmax(logits / T, dim=-1)
+
+
+def topk_off_by_one(logits, k):
+    kth = torch.topk(logits, min(k + 1, logits.size(-1)), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def topk_in_place(logits, k):
+    if k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill_(logits < kth, float("-inf"))
+
+
+def topk_drops_ties(logits, k):
+    if k >= logits.size(-1):
+        return logits
+    idx = torch.topk(logits, k, dim=-1).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, idx, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def topp_drops_crossing(logits, p):
+    probs, order = torch.sort(logits.softmax(-1), descending=True, dim=-1)
+    keep_sorted = probs.cumsum(-1) <= p                      # stops BEFORE the token that crosses p
+    keep_sorted[..., 0] = True
+    keep = keep_sorted.scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def topp_keeps_one_extra(logits, p):
+    probs, order = torch.sort(logits.softmax(-1), descending=True, dim=-1)
+    keep_sorted = (probs.cumsum(-1) - probs) < p
+    keep_sorted[..., :2] = True                              # always at least two tokens
+    keep = keep_sorted.scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def topp_minus_large(logits, p):
+    return top_p_filter(logits, p).nan_to_num(neginf=-1e9)
+
+
+def beam_per_beam(sums, nxt, n):
+    B, K, V = nxt.shape
+    per = max(1, n // K)
+    s, tok = torch.topk(sums[..., None] + nxt, per, dim=-1)                # best per beam
+    s, tok = s.reshape(B, -1), tok.reshape(B, -1)
+    beam = torch.arange(K).repeat_interleave(per).expand(B, -1)
+    order = torch.argsort(s, dim=-1, descending=True)[:, :n]
+    return s.gather(1, order), beam.gather(1, order), tok.gather(1, order)
+
+
+def beam_swapped_index(sums, nxt, n):
+    s, beam, tok = beam_search_step(sums, nxt, n)
+    V = nxt.size(-1)
+    flat = beam * V + tok
+    return s, flat % nxt.size(1), flat // nxt.size(1)
+
+
+def beam_ignores_sums(sums, nxt, n):
+    return beam_search_step(torch.zeros_like(sums), nxt, n)
+
+
+def best_unnormalised(sums, lengths, length_penalty=1.0):
+    return int(torch.tensor(sums).argmax())
+
+
+def best_always_mean(sums, lengths, length_penalty=1.0):
+    return int((torch.tensor(sums) / torch.tensor(lengths, dtype=torch.float)).argmax())
+
+
+def best_multiplies(sums, lengths, length_penalty=1.0):
+    return int((torch.tensor(sums) * torch.tensor(lengths, dtype=torch.float) ** length_penalty).argmax())
+
+
+BUGS = [
+    (checks.check_causal_mask, mask_transposed, "transposed"),
+    (checks.check_causal_mask, mask_strict, "diagonal"),
+    (checks.check_causal_mask, mask_float, "boolean"),
+    (checks.check_clm_loss, clm_no_shift, "shift"),
+    (checks.check_clm_loss, clm_wrong_direction, ""),
+    (checks.check_clm_loss, clm_shift_by_two, ""),
+    (checks.check_perplexity, ppl_mean_of_ppls, "mean of per-batch perplexities"),
+    (checks.check_perplexity, ppl_unweighted, "weight each batch"),
+    (checks.check_perplexity, ppl_no_exp, ""),
+    (checks.check_temperature_softmax, temp_multiply, ""),
+    (checks.check_temperature_softmax, temp_no_greedy, "temperature=0"),
+    (checks.check_top_k_filter, topk_off_by_one, ""),
+    (checks.check_top_k_filter, topk_in_place, "in place"),
+    (checks.check_top_k_filter, topk_drops_ties, "tie"),
+    (checks.check_top_p_filter, topp_drops_crossing, "crosses"),
+    (checks.check_top_p_filter, topp_keeps_one_extra, ""),
+    (checks.check_top_p_filter, topp_minus_large, ""),
+    (checks.check_beam_search_step, beam_per_beam, ""),
+    (checks.check_beam_search_step, beam_swapped_index, "beam_idx"),
+    (checks.check_beam_search_step, beam_ignores_sums, "scores"),
+    (checks.check_best_hypothesis, best_unnormalised, "length_penalty=1.0"),
+    (checks.check_best_hypothesis, best_always_mean, "length_penalty=0.0"),
+    (checks.check_best_hypothesis, best_multiplies, ""),
+]
+
+
+@pytest.mark.parametrize("check, fn, hint", BUGS, ids=[b.__name__ for _, b, _ in BUGS])
+def test_plausible_bug_fails(check, fn, hint, capsys):
+    for _ in range(3):                                       # on every random draw, not just most
+        ok, out = run(check, fn, capsys)
+        assert not ok, f"{fn.__name__} passed:\n{out}"
+        assert hint in out, out
+
+
+def test_a_crashing_answer_fails_with_its_error(capsys):
+    def broken(logits, ids):
+        raise RuntimeError("shapes do not match")
+    ok, out = run(checks.check_clm_loss, broken, capsys)
+    assert not ok and "RuntimeError: shapes do not match" in out

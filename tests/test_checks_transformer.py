@@ -1,0 +1,274 @@
+"""The chapter-2 checkers pass plmkit's reference and fail blank answers and the classic bugs."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import plmkit.nn as pn
+from plmkit.checks import transformer as checks
+
+
+def blank(*args, **kwargs):
+    raise NotImplementedError("Exercise 2.x: replace this line with your code")
+
+
+def run(check, *fns, capsys):
+    verdict = check(*fns)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == verdict.line
+    return bool(verdict), out
+
+
+# ---------------------------------------------------------------- reference answers (as in the notebook)
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, dim=-1)
+    return w @ v, w
+
+
+def causal_mask(T):
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def split_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)
+
+
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+
+
+def sinusoidal_encoding(T, d_model):
+    pos = torch.arange(T, dtype=torch.float32)[:, None]
+    i = torch.arange(0, d_model, 2, dtype=torch.float32)
+    angle = pos / 10000 ** (i / d_model)
+    pe = torch.zeros(T, d_model)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(angle), torch.cos(angle)
+    return pe
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+class PreLNBlock(nn.Module):
+    def __init__(self, d_model, n_heads, d_ff):
+        super().__init__()
+        self.attn = pn.MultiHeadAttention(d_model, n_heads)
+        self.norm1 = pn.LayerNorm(d_model)
+        self.ffn = pn.FeedForward(d_model, d_ff)
+        self.norm2 = pn.LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.ffn(self.norm2(x))
+
+
+CASES = [
+    (checks.check_attention, (attention,)),
+    (checks.check_causal_mask, (causal_mask,)),
+    (checks.check_heads, (split_heads, merge_heads)),
+    (checks.check_sinusoidal, (sinusoidal_encoding,)),
+    (checks.check_layer_norm, (layer_norm,)),
+    (checks.check_pre_ln_block, (PreLNBlock,)),
+]
+
+
+def test_references_pass_with_a_stable_verdict(capsys):
+    for check, fns in CASES:
+        lines = set()
+        for _ in range(3):                                   # fresh random inputs each time, same line
+            ok, out = run(check, *fns, capsys=capsys)
+            assert ok, out
+            assert out.startswith("✅ Exercise 2.") and out.count("\n") == 1
+            lines.add(out)
+        assert len(lines) == 1
+
+
+def test_plmkit_reference_passes_too(capsys):
+    assert run(checks.check_heads, pn.split_heads, pn.merge_heads, capsys=capsys)[0]
+    assert run(checks.check_sinusoidal, pn.sinusoidal_table, capsys=capsys)[0]
+
+
+def test_blank_fails_every_checker(capsys):
+    for check, fns in CASES:
+        ok, out = run(check, *[blank] * len(fns), capsys=capsys)
+        assert not ok and "not attempted yet" in out, check.__name__
+
+    class BlankBlock(PreLNBlock):
+        def forward(self, x, mask=None):
+            raise NotImplementedError("Exercise 2.6: replace this line with your code")
+    ok, out = run(checks.check_pre_ln_block, BlankBlock, capsys=capsys)
+    assert not ok and "not attempted yet" in out
+
+
+# ---------------------------------------------------------------- 2.1 attention
+def _attention_bug(kind):
+    def fn(q, k, v, mask=None):
+        scores = q @ k.transpose(-2, -1)
+        if kind != "no_scale":
+            scores = scores / math.sqrt(q.shape[-1])
+        if mask is not None and kind != "mask_after":
+            scores = scores.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(scores, dim=-2 if kind == "wrong_axis" else -1)
+        if mask is not None and kind == "mask_after":
+            w = w * mask
+        return w @ v, w
+    return fn
+
+
+@pytest.mark.parametrize("kind, hint", [("wrong_axis", "query axis"), ("no_scale", "sqrt(D)"),
+                                        ("mask_after", "after the softmax")])
+def test_attention_bugs_fail_and_are_named(kind, hint, capsys):
+    ok, out = run(checks.check_attention, _attention_bug(kind), capsys=capsys)
+    assert not ok, out
+    assert hint in out, out
+
+
+def test_attention_other_bugs(capsys):
+    def output_only(q, k, v, mask=None):
+        return attention(q, k, v, mask)[0]
+
+    def inverted(q, k, v, mask=None):
+        return attention(q, k, v, None if mask is None else ~mask)
+
+    def uses_torch(q, k, v, mask=None):
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out, attention(q, k, v, mask)[1]
+
+    for bug in (output_only, inverted, uses_torch):
+        assert not run(checks.check_attention, bug, capsys=capsys)[0], bug.__name__
+    assert "calls scaled_dot_product_attention" in run(checks.check_attention, uses_torch, capsys=capsys)[1]
+
+
+# ---------------------------------------------------------------- 2.2 causal mask
+def test_causal_mask_bugs(capsys):
+    bugs = {
+        "FUTURE": lambda T: torch.ones(T, T, dtype=torch.bool).triu(),
+        "diagonal": lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1),
+        "dtype": lambda T: torch.ones(T, T).tril(),
+        "swapped": lambda T: ~torch.ones(T, T, dtype=torch.bool).tril(),
+    }
+    for hint, bug in bugs.items():
+        ok, out = run(checks.check_causal_mask, bug, capsys=capsys)
+        assert not ok and hint in out, out
+
+
+# ---------------------------------------------------------------- 2.3 heads
+def test_heads_merged_in_wrong_order_fail(capsys):
+    def merge_no_transpose(x):
+        B, H, T, D = x.shape
+        return x.reshape(B, T, H * D)
+
+    def merge_d_major(x):                                    # channels ordered (D, H) instead of (H, D)
+        B, H, T, D = x.shape
+        return x.permute(0, 2, 3, 1).reshape(B, T, H * D)
+
+    def split_view(x, n_heads):
+        B, T, C = x.shape
+        return x.view(B, n_heads, T, C // n_heads)
+
+    ok, out = run(checks.check_heads, split_heads, merge_no_transpose, capsys=capsys)
+    assert not ok and "transpose(1, 2)" in out
+    ok, out = run(checks.check_heads, split_heads, merge_d_major, capsys=capsys)
+    assert not ok and "wrong order" in out
+    ok, out = run(checks.check_heads, split_view, merge_heads, capsys=capsys)
+    assert not ok and "mixes positions" in out
+
+
+# ---------------------------------------------------------------- 2.4 sinusoidal
+def test_sinusoidal_bugs(capsys):
+    def swapped(T, d):
+        pe = sinusoidal_encoding(T, d)
+        return torch.stack([pe[:, 1::2], pe[:, 0::2]], -1).flatten(1)
+
+    def wrong_freq(T, d):                                    # 10000^(i/d) with i the pair index
+        pos = torch.arange(T, dtype=torch.float32)[:, None]
+        angle = pos / 10000 ** (torch.arange(d // 2) / d)
+        return torch.stack([angle.sin(), angle.cos()], -1).flatten(1)
+
+    def blocks(T, d):                                        # all sines first, then all cosines
+        pe = sinusoidal_encoding(T, d)
+        return torch.cat([pe[:, 0::2], pe[:, 1::2]], 1)
+
+    ok, out = run(checks.check_sinusoidal, swapped, capsys=capsys)
+    assert not ok and "swapped" in out
+    ok, out = run(checks.check_sinusoidal, wrong_freq, capsys=capsys)
+    assert not ok and "frequencies" in out
+    assert not run(checks.check_sinusoidal, blocks, capsys=capsys)[0]
+
+
+# ---------------------------------------------------------------- 2.5 LayerNorm
+def test_layer_norm_bugs(capsys):
+    def unbiased(x, w, b, eps=1e-5):
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
+
+    def eps_outside(x, w, b, eps=1e-5):
+        return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + eps) * w + b
+
+    def over_batch(x, w, b, eps=1e-5):                       # statistics over everything
+        return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + eps) * w + b
+
+    def no_affine(x, w, b, eps=1e-5):
+        return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
+
+    def uses_torch(x, w, b, eps=1e-5):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
+
+    ok, out = run(checks.check_layer_norm, unbiased, capsys=capsys)
+    assert not ok and "biased variance" in out
+    ok, out = run(checks.check_layer_norm, eps_outside, capsys=capsys)
+    assert not ok and "inside the square root" in out
+    ok, out = run(checks.check_layer_norm, over_batch, capsys=capsys)
+    assert not ok and "per token" in out
+    assert not run(checks.check_layer_norm, no_affine, capsys=capsys)[0]
+    assert "calls layer_norm" in run(checks.check_layer_norm, uses_torch, capsys=capsys)[1]
+
+
+# ---------------------------------------------------------------- 2.6 Pre-LN block
+def test_pre_ln_block_bugs(capsys):
+    class PostLN(PreLNBlock):
+        def forward(self, x, mask=None):
+            x = self.norm1(x + self.attn(x, mask=mask))
+            return self.norm2(x + self.ffn(x))
+
+    class ForgetsMask(PreLNBlock):
+        def forward(self, x, mask=None):
+            x = x + self.attn(self.norm1(x))
+            return x + self.ffn(self.norm2(x))
+
+    class NormsTheStream(PreLNBlock):
+        def forward(self, x, mask=None):
+            x = self.norm1(x)
+            x = x + self.attn(x, mask=mask)
+            x = self.norm2(x)
+            return x + self.ffn(x)
+
+    class NoResidual(PreLNBlock):
+        def forward(self, x, mask=None):
+            x = self.attn(self.norm1(x), mask=mask)
+            return x + self.ffn(self.norm2(x))
+
+    class Renamed(nn.Module):
+        def __init__(self, d_model, n_heads, d_ff):
+            super().__init__()
+            self.block = pn.EncoderBlock(d_model, n_heads, d_ff, norm_first=True)
+
+        def forward(self, x, mask=None):
+            return self.block(x, mask)
+
+    ok, out = run(checks.check_pre_ln_block, PostLN, capsys=capsys)
+    assert not ok and "Post-LN" in out
+    ok, out = run(checks.check_pre_ln_block, ForgetsMask, capsys=capsys)
+    assert not ok and "mask was not passed" in out
+    for bug in (NormsTheStream, NoResidual):
+        assert not run(checks.check_pre_ln_block, bug, capsys=capsys)[0], bug.__name__
+    ok, out = run(checks.check_pre_ln_block, Renamed, capsys=capsys)
+    assert not ok and "missing the submodules" in out

@@ -24,3 +24,15 @@ def run_notebook_cells(path: Path, tmp_path: Path, timeout: int = 900) -> dict[i
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The models under test are tiny: one thread is many times faster than two
+    fighting over a busy 2-core machine (make test also runs two workers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,15 +15,6 @@ from transformers.generation.logits_process import (TemperatureLogitsWarper, Top
 V = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is many times faster than two fighting over a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A random tiny GPT with peaked next-token distributions, and the same weights in HF's GPT2LMHeadModel."""

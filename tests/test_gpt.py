@@ -14,14 +14,6 @@ transformers = pytest.importorskip("transformers")
 TINY = dict(vocab_size=61, n_positions=24, n_embd=32, n_layer=2, n_head=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def hf_config(**kw):
     return transformers.GPT2Config(**{**TINY, **kw})
 

@@ -9,14 +9,6 @@ from plmkit.train import Trainer, lm_loss, param_groups, warmup_cosine
 V = 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_gpt(seed=0, dropout=0.0):
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2, dropout=dropout))

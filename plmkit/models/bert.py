@@ -234,7 +234,6 @@ class _Base(nn.Module):
     """Weight initialisation and Hugging Face checkpoint loading/saving shared by every BERT class."""
 
     config: BertConfig
-    _hf_prefix = "bert."          # where the encoder lives in a Hugging Face checkpoint of this class
     _hf_architecture = "BertModel"
     _uses_pooler = True           # token classification and QA read every position, not the pooled [CLS]
 
@@ -264,10 +263,16 @@ class _Base(nn.Module):
         return out
 
     def _to_hf(self, key: str) -> str | None:
-        return _bert_key_to_hf(key, self.config)
+        return _bert_key_to_hf(key)
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load weights named as in a Hugging Face BERT checkpoint (with or without the ``bert.`` prefix)."""
+        """Load weights named as in a Hugging Face BERT checkpoint (with or without the ``bert.`` prefix).
+
+        Encoder weights must all be there (ValueError otherwise); a missing head
+        is left at its random initialisation with a warning (fine-tuning a task
+        head on a pre-trained encoder); checkpoint weights this class has no use
+        for (an MLM head when loading a BertModel) are ignored.
+        """
         # Accept both "bert.encoder..." (pre-training / task checkpoints) and "encoder..." (BertModel).
         if not any(k.startswith("bert.") for k in state):
             state = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v
@@ -387,7 +392,7 @@ class BertModel(_Base):
         return x
 
 
-def _bert_key_to_hf(key: str, config: BertConfig) -> str | None:
+def _bert_key_to_hf(key: str) -> str | None:
     """plmkit name of an encoder weight → Hugging Face ``BertModel`` name (None: not in HF's format)."""
     parts = key.split(".")
     if parts[0] == "embeddings":
@@ -471,7 +476,7 @@ class BertForPreTraining(_Base):
 
     def _to_hf(self, key: str) -> str | None:
         if key.startswith("bert."):
-            k = _bert_key_to_hf(key[5:], self.config)
+            k = _bert_key_to_hf(key[5:])
             return None if k is None else "bert." + k
         return {"mlm.dense.weight": "cls.predictions.transform.dense.weight",
                 "mlm.dense.bias": "cls.predictions.transform.dense.bias",
@@ -514,7 +519,7 @@ class _TaskModel(_Base):
 
     def _to_hf(self, key: str) -> str | None:
         if key.startswith("bert."):
-            k = _bert_key_to_hf(key[5:], self.config)
+            k = _bert_key_to_hf(key[5:])
             return None if k is None else "bert." + k
         return key if key.startswith(self._head + ".") else None
 

@@ -6,6 +6,7 @@ Read the modules in this order; each one is a single idea:
                     split_heads, merge_heads, KVCache, MultiHeadAttention
     positional.py   sinusoidal_table, SinusoidalPositionalEncoding, LearnedPositionalEmbedding
     norms.py        layer_norm, LayerNorm
+    relative.py     relative_position_bucket, RelativePositionBias (T5)
     ffn.py          FeedForward (relu / gelu / gelu_tanh)
     blocks.py       EncoderBlock, DecoderBlock (Post-LN or Pre-LN)
     transformer.py  Encoder, Decoder, Seq2SeqTransformer, record_attention
@@ -18,6 +19,7 @@ from .attention import (KVCache, MultiHeadAttention, causal_mask, merge_heads, p
 from .blocks import DecoderBlock, EncoderBlock
 from .ffn import ACTIVATIONS, FeedForward, activation_fn
 from .norms import LayerNorm, layer_norm
+from .relative import RelativePositionBias, relative_position_bucket
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 from .transformer import Decoder, Encoder, Seq2SeqTransformer, record_attention
 
@@ -26,5 +28,6 @@ __all__ = [
     "KVCache", "MultiHeadAttention",
     "sinusoidal_table", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
     "layer_norm", "LayerNorm", "ACTIVATIONS", "activation_fn", "FeedForward",
+    "relative_position_bucket", "RelativePositionBias",
     "EncoderBlock", "DecoderBlock", "Encoder", "Decoder", "Seq2SeqTransformer", "record_attention",
 ]

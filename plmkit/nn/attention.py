@@ -263,7 +263,8 @@ def _key_mask_from(attention_mask: torch.Tensor, name: str = "attention_mask") -
         return attention_mask > torch.finfo(attention_mask.dtype).min / 2
     if attention_mask.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         return attention_mask != 0
-    raise ValueError(f"{name} must be boolean, 0/1 integers or an additive float mask, got dtype {attention_mask.dtype}")
+    raise ValueError(f"{name} must be boolean, 0/1 integers or an additive float mask, "
+                     f"got dtype {attention_mask.dtype}")
 
 
 def build_attention_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor | None,
@@ -305,8 +306,9 @@ def build_attention_mask(attention_mask: torch.Tensor | None, cache_position: to
         cache_position = torch.arange(key_length, device=device)
     elif not isinstance(cache_position, torch.Tensor) or cache_position.dtype != torch.long \
             or cache_position.ndim != 1 or cache_position.numel() < 1:
-        raise ValueError(f"cache_position must be a non-empty 1-d LongTensor (T_q,), got "
-                         f"{tuple(cache_position.shape) if isinstance(cache_position, torch.Tensor) else cache_position!r}")
+        got = cache_position if not isinstance(cache_position, torch.Tensor) else \
+            f"{cache_position.dtype} {tuple(cache_position.shape)}"
+        raise ValueError(f"cache_position must be a non-empty 1-d LongTensor (T_q,), got {got!r}")
     T_q = cache_position.shape[0]
     keys = torch.arange(key_length, device=cache_position.device)              # (K,)
     mask = torch.ones(1, 1, T_q, key_length, dtype=torch.bool, device=cache_position.device)

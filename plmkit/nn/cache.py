@@ -188,7 +188,9 @@ class StaticKVCache:
         return self.k, self.v
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Row b becomes old row index[b] (index has B entries; rows may repeat). In place: buffers keep their memory."""
+        """Row b becomes old row index[b] (index has B entries; rows may repeat).
+
+        In place: the buffers keep their memory (and a captured CUDA graph stays valid)."""
         _check_index(index, self.k.shape[0])
         self.k.copy_(self.k.index_select(0, index))
         self.v.copy_(self.v.index_select(0, index))

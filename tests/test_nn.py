@@ -625,3 +625,94 @@ def test_prefix_lm_mask_matches_definition():
     assert torch.equal(got[0, 0], causal_mask(T))
     with pytest.raises(ValueError, match="prefix_lengths"):
         pn.prefix_lm_mask(torch.tensor([1.5]), T)
+
+
+# ---------------------------------------------------------------- blocks with their parts swapped (Llama, T5)
+def test_decoder_block_with_custom_norm_and_ffn_matches_hf_llama_layer():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm,
+                                                          LlamaRotaryEmbedding, apply_rotary_pos_emb)
+
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=4, max_position_embeddings=32, rms_norm_eps=1e-6, attention_bias=False)
+    cfg._attn_implementation = "eager"
+    ref = LlamaDecoderLayer(cfg, layer_idx=0).eval()
+    _randomise(ref)
+    ours = DecoderBlock(16, 4, 24, norm_first=True, cross_attention=False, eps=1e-6, bias=False, n_kv_heads=2,
+                        norm=LlamaRMSNorm, ffn=lambda d_model, d_ff: LlamaMLP(cfg)).eval()
+    assert isinstance(ours.norm1, LlamaRMSNorm) and isinstance(ours.norm2, LlamaRMSNorm)
+    assert isinstance(ours.ffn, LlamaMLP) and ours.norm1.variance_epsilon == 1e-6
+    mapping = {"input_layernorm": "norm1", "post_attention_layernorm": "norm2", "mlp": "ffn",
+               "self_attn.o_proj": "attn.out_proj", "self_attn": "attn"}
+    state = {}
+    for key, val in ref.state_dict().items():
+        for theirs, mine in mapping.items():
+            if key.startswith(theirs + "."):
+                key = mine + key[len(theirs):]
+                break
+        state[key] = val
+    ours.load_state_dict(state)
+    x = torch.randn(2, 6, 16)
+    am = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    position_ids = (am.cumsum(-1) - 1).clamp(min=0)
+    cos, sin = LlamaRotaryEmbedding(cfg)(x, position_ids)
+    mask = build_attention_mask(am, None, 6)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        want = ref(x, attention_mask=additive, position_embeddings=(cos, sin))
+        want = want[0] if isinstance(want, tuple) else want
+        got = ours(x, mask=mask, is_causal=False, rotary=lambda q, k: apply_rotary_pos_emb(q, k, cos, sin))
+        # and step by step with a static cache, the rotary tables sliced per step
+        cache = pn.StaticKVCache(2, 2, 8, 4)
+        steps = []
+        for s, e in [(0, 3), (3, 4), (4, 5), (5, 6)]:
+            pos = torch.arange(s, e)
+            rot = (lambda c, si: lambda q, k: apply_rotary_pos_emb(q, k, c, si))(cos[:, s:e], sin[:, s:e])
+            steps.append(ours(x[:, s:e], mask=build_attention_mask(am[:, :e], pos, 8), is_causal=False,
+                              cache=cache, cache_position=pos, rotary=rot))
+    real = am.bool()
+    real[0, 0] = False                                     # HF lets an all-padding query read everything
+    torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, 1), got, atol=ATOL, rtol=1e-4)
+
+
+def test_encoder_block_with_position_bias_matches_hf_t5_block():
+    from transformers import T5Config
+    from transformers.models.t5.modeling_t5 import T5Block, T5DenseActDense, T5LayerNorm
+
+    cfg = T5Config(d_model=12, d_kv=5, d_ff=20, num_heads=3, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, dropout_rate=0.0, layer_norm_epsilon=1e-6,
+                   is_decoder=False, feed_forward_proj="relu")
+    ref = T5Block(cfg, has_relative_attention_bias=True).eval()
+    _randomise(ref)
+    ffn = T5DenseActDense(cfg)                                # a module, used as given
+    ours = EncoderBlock(12, 3, 20, norm_first=True, eps=1e-6, bias=False, head_dim=5, scale=1.0,
+                        norm=T5LayerNorm, ffn=ffn).eval()
+    assert ours.ffn is ffn and isinstance(ours.norm1, T5LayerNorm)
+    sa, ff = ref.layer[0], ref.layer[1]
+    with torch.no_grad():
+        for mine, theirs in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "o")):
+            getattr(ours.attn, mine).weight.copy_(getattr(sa.SelfAttention, theirs).weight)
+        ours.norm1.weight.copy_(sa.layer_norm.weight)
+        ours.norm2.weight.copy_(ff.layer_norm.weight)
+        ours.ffn.load_state_dict(ff.DenseReluDense.state_dict())
+    x = torch.randn(2, 7, 12)
+    keep = torch.tensor([[1] * 7, [1] * 5 + [0] * 2]).bool()
+    additive = torch.zeros(2, 1, 1, 7).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        want = ref(x, attention_mask=additive, cache_position=torch.arange(7))[0]
+        bias = sa.SelfAttention.compute_bias(7, 7)
+        got = ours(x, mask=padding_mask(keep), position_bias=bias)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+
+
+def test_block_options_validation():
+    with pytest.raises(ValueError, match="norm must be a factory"):
+        EncoderBlock(8, 2, 16, norm=LayerNorm(8))
+    with pytest.raises(ValueError, match="ffn must be"):
+        DecoderBlock(8, 2, 16, ffn="gated")
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        DecoderBlock(8, 4, 16, n_kv_heads=3)
+    block = DecoderBlock(8, 2, 16, cross_attention=False)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        block(torch.randn(1, 2, 8), cross_cache=pn.CrossAttentionCache())

@@ -716,3 +716,34 @@ def test_block_options_validation():
     block = DecoderBlock(8, 2, 16, cross_attention=False)
     with pytest.raises(ValueError, match="no cross-attention"):
         block(torch.randn(1, 2, 8), cross_cache=pn.CrossAttentionCache())
+
+
+def test_seq2seq_cached_generation_and_stack_options():
+    model = Seq2SeqTransformer(vocab_size=13, d_model=16, n_heads=4, n_layers=2, d_ff=32, max_len=16,
+                               pad_id=0, norm_first=True).eval()
+    src = torch.tensor([[3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12]])
+    calls = []
+    model.decoder.layers[0].cross_attn.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    fast = model.generate(src, bos_id=1, max_new_tokens=8, use_cache=True)
+    assert len(calls) == 1                                     # memory projected once, not once per step
+    assert torch.equal(fast, model.generate(src, bos_id=1, max_new_tokens=8))
+    # the cached decoder's logits equal a teacher-forced pass at every step
+    memory, src_mask = model.encode(src)
+    tgt = torch.cat([torch.ones(2, 1, dtype=torch.long), fast[:, :-1]], 1)
+    full = model.decode(tgt, memory, src_mask)
+    caches, cross = model.decoder.new_caches()
+    steps = [model.decode(tgt[:, t:t + 1], memory if t == 0 else None, src_mask, caches=caches,
+                          cross_caches=cross, offset=t) for t in range(tgt.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=ATOL, rtol=1e-4)
+    # block options reach every layer of a stack, and the final norm uses the same factory
+    enc = pn.Encoder(2, 12, 4, 24, norm_first=True, n_kv_heads=2, head_dim=3, scale=1.0,
+                     norm=torch.nn.LayerNorm, bias=False)
+    assert all(layer.attn.n_kv_heads == 2 and layer.attn.scale == 1.0 and layer.attn.k_proj.bias is None
+               for layer in enc.layers)
+    assert isinstance(enc.norm, torch.nn.LayerNorm) and isinstance(enc.layers[1].norm2, torch.nn.LayerNorm)
+    with pytest.raises(ValueError, match="block options"):
+        pn.Decoder(1, 8, 2, 16, n_kv=1)
+    with pytest.raises(ValueError, match="factory"):
+        pn.Encoder(2, 8, 2, 16, ffn=FeedForward(8, 16))
+    with pytest.raises(ValueError, match="one cache per layer"):
+        pn.Decoder(2, 8, 2, 16)(torch.randn(1, 1, 8), torch.randn(1, 2, 8), caches=[KVCache()])

@@ -247,3 +247,31 @@ def test_cache_validation():
 def test_docstring_examples():
     result = doctest.testmod(cache_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_static_decode_step_compiles_to_one_graph():
+    """A decode step (mask + block + static cache) traces as one graph and is not recompiled as positions move.
+
+    fullgraph=True also proves the step reads no tensor value back to Python (that would break the graph),
+    which is what "no host-device sync" means on a GPU. aot_eager needs no C++ compiler, so this runs on CPU."""
+    from torch._dynamo.utils import counters
+
+    block = DecoderBlock(16, 4, 32, norm_first=True, cross_attention=False, n_kv_heads=2).eval()
+    B, L = 2, 10
+    am = torch.tensor([[0, 1] + [1] * 8, [1] * 10])
+    x = torch.randn(B, L, 16)
+    cache = StaticKVCache(B, 2, L, 4)
+
+    def step(xs, pos):
+        return block(xs, mask=build_attention_mask(am, pos, L), is_causal=False, cache=cache, cache_position=pos)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        full = block(x, mask=build_attention_mask(am, None, L), is_causal=False)
+        outs = [step(x[:, :3], torch.arange(3))]                       # prefill, eager
+        outs += [compiled(x[:, t:t + 1], torch.tensor([t])) for t in range(3, L)]
+    assert counters["stats"]["unique_graphs"] == 1                      # 7 decode steps, one graph
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=1e-4)
+    torch._dynamo.reset()

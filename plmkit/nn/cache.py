@@ -44,14 +44,14 @@ def _check_kv(k, v) -> None:
 
 
 def _check_positions(cache_position, T_new: int, lo: int | None, hi: int) -> None:
-    """cache_position must be a (T_new,) LongTensor. Its values are checked only on the CPU
-    (reading them from a GPU would stall the decode loop); `lo` pins the first one."""
+    """cache_position must be a (T_new,) LongTensor. Its values are checked only on the CPU and
+    outside torch.compile (reading them from a GPU would stall the decode loop); `lo` pins the first one."""
     if not isinstance(cache_position, torch.Tensor) or cache_position.dtype != torch.long \
             or cache_position.shape != (T_new,):
         got = (f"{cache_position.dtype} {tuple(cache_position.shape)}" if isinstance(cache_position, torch.Tensor)
                else type(cache_position).__name__)
         raise ValueError(f"cache_position must be a 1-d LongTensor of shape (T_new,) = ({T_new},), got {got}")
-    if cache_position.device.type == "cpu" and T_new:
+    if cache_position.device.type == "cpu" and T_new and not torch.compiler.is_compiling():
         first, low, high = int(cache_position[0]), int(cache_position.min()), int(cache_position.max())
         if lo is not None and (first != lo or not torch.equal(cache_position, torch.arange(lo, lo + T_new))):
             raise ValueError(f"cache_position must be {lo}..{lo + T_new - 1} (a growing cache only appends), "

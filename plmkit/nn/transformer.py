@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import MultiHeadAttention, padding_mask
+from .attention import MultiHeadAttention, build_attention_mask, padding_mask
 from .blocks import DecoderBlock, EncoderBlock
 from .cache import CrossAttentionCache, KVCache
 from .norms import LayerNorm
@@ -174,9 +174,14 @@ class Seq2SeqTransformer(nn.Module):
         With ``caches, cross_caches = model.decoder.new_caches()`` `tgt` may hold
         only the new tokens, `offset` of them already decoded; `memory` is read
         once into the cross-attention caches (pass None afterwards)."""
-        positions = torch.arange(offset, offset + tgt.shape[1], device=tgt.device) if caches is not None else None
-        h = self.decoder(self._embed(self.tgt_embed, tgt, offset), memory, memory_mask=src_mask,
-                         caches=caches, cross_caches=cross_caches, cache_position=positions)
+        x = self._embed(self.tgt_embed, tgt, offset)
+        if caches is None:
+            h = self.decoder(x, memory, memory_mask=src_mask)
+        else:                                    # the causal mask over cache positions, built once for all layers
+            positions = torch.arange(offset, offset + tgt.shape[1], device=tgt.device)
+            mask = build_attention_mask(None, positions, offset + tgt.shape[1])
+            h = self.decoder(x, memory, mask, memory_mask=src_mask, is_causal=False, caches=caches,
+                             cross_caches=cross_caches, cache_position=positions)
         return self.lm_head(h)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -220,11 +220,11 @@ class GPT(nn.Module):
         """
         if not static:
             return [KVCache() for _ in self.blocks]
-        from ..nn import StaticKVCache
-
         for name, value, hi in (("batch_size", batch_size, None), ("max_length", max_length, self.config.n_positions)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (hi and value > hi):
                 raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}] for a static cache, got {value!r}")
+        from ..nn import StaticKVCache
+
         ref = self.wte.weight
         c = self.config
         return [StaticKVCache(batch_size, c.n_head, max_length, c.n_embd // c.n_head,
@@ -240,9 +240,8 @@ class GPT(nn.Module):
         dev = input_ids.device
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        past = len(caches[0]) if caches else 0
-        key_length = _key_length(caches[0], past + T) if caches else T
         if cache_position is None:
+            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
             if past + T > self.config.n_positions:
                 raise ValueError(f"sequence of {past + T} tokens is longer than the model's "
                                  f"n_positions={self.config.n_positions}")
@@ -251,6 +250,7 @@ class GPT(nn.Module):
                 or cache_position.is_floating_point():
             raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
                              f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
+        key_length = _key_length(caches[0], T) if caches else T                     # K
         if position_ids is None:
             position_ids = cache_position
         elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
@@ -276,7 +276,8 @@ class GPT(nn.Module):
 
         mask = None                     # no padding, no cache: the blocks' fused causal path
         if attention_mask is not None or caches is not None:
-            mask = _causal_padding_mask(attention_mask, cache_position, key_length)     # (B|1, 1, T, K)
+            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
+            mask = _causal_padding_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
         x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
         x = self.drop(x)
         hidden = [x]
@@ -325,9 +326,10 @@ class GPT(nn.Module):
 
 # ----------------------------------------------------------------------------- masks
 
-def _key_length(cache, default: int) -> int:
-    """Key positions attention sees with this cache: a static cache's whole buffer, else `default`."""
-    return getattr(cache, "max_length", None) or default
+def _key_length(cache, T: int) -> int:
+    """Keys attention sees with this cache and T new tokens: a static cache's whole buffer,
+    a growing one's stored positions plus the new ones (both known on the host)."""
+    return getattr(cache, "max_length", None) or len(cache) + T
 
 
 def _causal_padding_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor,

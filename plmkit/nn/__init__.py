@@ -10,6 +10,7 @@ Read the modules in this order; each one is a single idea:
     norms.py        layer_norm, LayerNorm, rms_norm, RMSNorm
     ffn.py          FeedForward (relu / gelu / gelu_tanh / silu), GatedFeedForward (SwiGLU)
     rotary.py       RotaryEmbedding, apply_rotary (RoPE), interleaved <-> rotate-half layouts
+    relative.py     relative_position_bucket, RelativePositionBias (T5)
     blocks.py       EncoderBlock, DecoderBlock (Post-LN or Pre-LN)
     transformer.py  Encoder, Decoder, Seq2SeqTransformer, record_attention
 
@@ -22,6 +23,7 @@ from .blocks import DecoderBlock, EncoderBlock
 from .cache import CrossAttentionCache, KVCache, StaticKVCache
 from .ffn import ACTIVATIONS, FeedForward, GatedFeedForward, activation_fn, silu
 from .norms import LayerNorm, RMSNorm, layer_norm, rms_norm
+from .relative import RelativePositionBias, relative_position_bucket
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 from .rotary import (RotaryEmbedding, apply_rotary, apply_rotary_interleaved, half_to_interleaved,
                      interleaved_to_half, rotary_inv_freq, rotate_half)
@@ -36,5 +38,6 @@ __all__ = [
     "ACTIVATIONS", "activation_fn", "silu", "FeedForward", "GatedFeedForward",
     "RotaryEmbedding", "rotary_inv_freq", "rotate_half", "apply_rotary", "apply_rotary_interleaved",
     "interleaved_to_half", "half_to_interleaved",
+    "relative_position_bucket", "RelativePositionBias",
     "EncoderBlock", "DecoderBlock", "Encoder", "Decoder", "Seq2SeqTransformer", "record_attention",
 ]

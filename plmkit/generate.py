@@ -354,7 +354,7 @@ class CachedState(DecoderState):
             return self.fallback.reorder(index)
         self.ids, self.mask, self.next_position = self.ids[index], self.mask[index], self.next_position[index]
         for cache in self.caches:
-            _reorder_cache(cache, index)
+            cache.reorder(index)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         T = ids.size(1)
@@ -669,13 +669,6 @@ def _trim(new: list[int], stops: list[int]) -> list[int]:
         if tok in stops:
             return new[:i + 1]
     return new
-
-
-def _reorder_cache(cache, index: torch.Tensor) -> None:
-    if hasattr(cache, "reorder"):
-        cache.reorder(index)
-    elif cache.k is not None:
-        cache.k, cache.v = cache.k[index], cache.v[index]
 
 
 def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:

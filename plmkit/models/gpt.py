@@ -42,11 +42,13 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import hub
 from .common import init_weights_
 from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding
+from .outputs import ModelOutput
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -131,9 +133,26 @@ class GPTConfig:
 class GPT(nn.Module):
     """GPT-2 language model: ``GPT(config)(input_ids)`` -> logits (B, T, V).
 
-    `input_ids` is a LongTensor (B, T) with T <= n_positions. For step-by-step
-    decoding pass ``caches=model.new_caches()``: each call then feeds only the
-    new tokens and attends to the keys and values kept from earlier calls.
+    ``forward(input_ids, attention_mask=None, position_ids=None, *, caches=None,
+    cache_position=None, output_hidden_states=False)``
+
+    * `input_ids` (B, T) LongTensor: the new tokens (all of them without a cache).
+    * `attention_mask` (B, K), 1 = real token, 0 = padding, over every key
+      position: the cached ones and the new ones (K = past + T for growing caches,
+      the buffer length for static ones). Padding goes on the LEFT for decoding.
+    * `position_ids` (B, T) or (T,): which position embedding each token gets;
+      default `cache_position`. With left padding pass
+      ``(attention_mask.cumsum(-1) - 1).clamp(min=0)`` (Hugging Face's rule).
+    * `caches` from :meth:`new_caches`: keys/values kept from earlier calls, so
+      that each call feeds only the new tokens; `cache_position` (T,) says which
+      slots the new tokens occupy (default: right after what the caches hold).
+    * ``output_hidden_states=True`` returns a :class:`~plmkit.models.outputs.ModelOutput`
+      with ``.logits`` and ``.hidden_states`` (n_layer + 1 tensors, embeddings first).
+
+    The (B, 1, T, K) boolean attention mask (query q sees key k iff
+    ``attention_mask[b, k]`` and ``k <= cache_position[q]``) is built once per
+    call and shared by every block. Without `attention_mask` and caches no mask
+    is built and the blocks use the fused causal kernel (training's path).
     """
 
     def __init__(self, config: GPTConfig):
@@ -174,32 +193,87 @@ class GPT(nn.Module):
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
 
-    def new_caches(self) -> list[KVCache]:
-        """One empty key/value cache per block, for step-by-step decoding."""
-        return [KVCache() for _ in self.blocks]
+    def new_caches(self, batch_size: int | None = None, max_length: int | None = None, static: bool = False,
+                   dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> list:
+        """One empty key/value cache per block, for step-by-step decoding.
 
-    def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        Growing caches (the default) append each call's keys/values; the other
+        arguments are not needed. ``static=True`` pre-allocates (batch_size,
+        n_head, max_length, head_dim) buffers written in place at `cache_position`
+        (fixed shapes: CUDA graphs, torch.compile); dtype and device default to the model's.
+        """
+        if not static:
+            return [KVCache() for _ in self.blocks]
+        for name, value, hi in (("batch_size", batch_size, None), ("max_length", max_length, self.config.n_positions)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (hi and value > hi):
+                raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}] for a static cache, got {value!r}")
+        from ..nn import StaticKVCache
+
+        ref = self.wte.weight
+        c = self.config
+        return [StaticKVCache(batch_size, c.n_head, max_length, c.n_embd // c.n_head,
+                              dtype=dtype or ref.dtype, device=device or ref.device) for _ in self.blocks]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, *, caches: list | None = None,
+                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
         B, T = input_ids.shape
-        offset = len(caches[0]) if caches else 0
+        dev = input_ids.device
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        if offset + T > self.config.n_positions:
-            raise ValueError(f"sequence of {offset + T} tokens is longer than the model's "
-                             f"n_positions={self.config.n_positions}")
-        # The id range check needs the values on the host: done for CPU tensors outside
-        # torch.compile (on a GPU an out-of-range id still fails, inside the embedding kernel).
-        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
+        if cache_position is None:
+            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
+            if past + T > self.config.n_positions:
+                raise ValueError(f"sequence of {past + T} tokens is longer than the model's "
+                                 f"n_positions={self.config.n_positions}")
+            cache_position = torch.arange(past, past + T, device=dev)                 # (T,)
+        elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
+                or cache_position.is_floating_point():
+            raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
+                             f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
+        key_length = _key_length(caches[0], T) if caches else T                     # K
+        if position_ids is None:
+            position_ids = cache_position
+        elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
+                or position_ids.shape not in ((B, T), (1, T), (T,)):
+            raise ValueError(f"position_ids must be an integer tensor of shape (B, T) = ({B}, {T}) or (T,), got "
+                             f"{getattr(position_ids, 'shape', type(position_ids).__name__)}")
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or attention_mask.shape != (B, key_length)):
+            raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
+                             f"per key position, cached and new, 1 = real token; got "
+                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+        # Range checks need the values on the host: done for CPU tensors outside torch.compile
+        # (on a GPU an out-of-range id or position still fails, inside the embedding kernel).
+        if dev.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), "
                                  f"got values in [{lo}, {hi}]")
-        x = self.drop(self.wpe(self.wte(input_ids), offset=offset))     # (B, T, C)
+            lo, hi = int(position_ids.min()), int(position_ids.max())
+            if lo < 0 or hi >= self.config.n_positions:
+                raise ValueError(f"position_ids must be in [0, n_positions={self.config.n_positions}), "
+                                 f"got values in [{lo}, {hi}]")
+
+        mask = None                     # no padding, no cache: the blocks' fused causal path
+        if attention_mask is not None or caches is not None:
+            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
+            mask = _causal_padding_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
+        x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
+        x = self.drop(x)
+        hidden = [x]
         for i, block in enumerate(self.blocks):
-            x = block(x, cache=caches[i] if caches is not None else None)
-        return self.lm_head(self.ln_f(x))                                # (B, T, V)
+            x = block(x, mask=mask, cache=caches[i] if caches is not None else None)
+            hidden.append(x)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)                                                       # (B, T, V)
+        if not output_hidden_states:
+            return logits
+        hidden[-1] = x                  # Hugging Face's convention: the last one after the final norm
+        return ModelOutput(logits=logits, hidden_states=hidden)
 
     # -- Hugging Face checkpoints --------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -216,6 +290,29 @@ class GPT(nn.Module):
         state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
         hub.load_hf_state(model, state, _keymap(config))
         return model.to(map_location)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def _key_length(cache, T: int) -> int:
+    """Keys attention sees with this cache and T new tokens: a static cache's whole buffer,
+    a growing one's stored positions plus the new ones (both known on the host)."""
+    return getattr(cache, "max_length", None) or len(cache) + T
+
+
+def _causal_padding_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor,
+                         key_length: int) -> torch.Tensor:
+    """Boolean (B|1, 1, T, K): query q may read key k iff k <= cache_position[q] and attention_mask[b, k].
+
+    >>> _causal_padding_mask(torch.tensor([[0, 1, 1]]), torch.tensor([1, 2]), 3)[0, 0].int()
+    tensor([[0, 1, 0],
+            [0, 1, 1]], dtype=torch.int32)
+    """
+    keys = torch.arange(key_length, device=cache_position.device)
+    mask = (keys[None, :] <= cache_position[:, None])[None, None]                      # (1, 1, T, K)
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, None, :]                          # (B, 1, T, K)
+    return mask
 
 
 # ----------------------------------------------------------------------------- key mapping

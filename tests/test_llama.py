@@ -191,3 +191,11 @@ def test_validation():
                                 num_attention_heads=2, max_position_embeddings=8, positions="learned"))
     with pytest.raises(ValueError, match="position_ids"):
         learned(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import plmkit.models.llama as module
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -145,8 +145,9 @@ class LlamaConfig:
     def num_parameters(self) -> int:
         """Parameters implied by the configuration alone (no model built): embeddings, blocks, final norm, head.
 
-        >>> f"{LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,"
-        ...   f" num_key_value_heads=8).num_parameters() / 1e9:.2f}B"                        # LLaMA-2-70B
+        >>> llama2_70b = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        ...                          num_attention_heads=64, num_key_value_heads=8)
+        >>> f"{llama2_70b.num_parameters() / 1e9:.2f}B"
         '68.98B'
         """
         C, F_, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size

@@ -344,8 +344,8 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     """Train every (width, token budget, seed), fit L(N, D) (approach 3), then predict and train one run at
     `predict_factor` times the largest compute of the grid; return everything as plain numbers (JSON-ready).
 
-    Every run reads fresh text: seed s of a budget starts where the previous runs' tokens are not reused
-    (offset = s * max(budgets)), so with len(train_ids) >= len(seeds) * max(budgets) nothing repeats.
+    No model reads a token twice (each run is one pass over part of the stream); seed s starts at
+    s * max(budgets), so that seeds differ in their text as well as their initialisation.
     """
     runs = []
     for d in widths:
@@ -369,8 +369,7 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     block, batch = run_options.get("block_size", 64), run_options.get("batch_size", 16)
     D_run = int(C_pred / (6 * N_run)) // (block * batch) * (block * batch)
     predicted = float(law.loss(N_run, D_run))
-    r = train_and_evaluate(config, train_ids, val_ids, D_run, seed=0, offset=len(seeds) * max(budgets),
-                           **run_options)
+    r = train_and_evaluate(config, train_ids, val_ids, D_run, seed=0, **run_options)
     r.pop("model")
     log(f"predicted run: d={config.hidden_size} N={N_run:,} D={D_run:,} C={6 * N_run * D_run:.3g}: "
         f"predicted {predicted:.4f}, measured {r['loss']:.4f} ({r['seconds']:.1f} s)")

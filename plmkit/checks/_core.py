@@ -402,6 +402,9 @@ class Report:
             raised = rec["raised"]
             if raised.startswith("NotPlain: "):
                 self.fail(f"{what}: {raised[len('NotPlain: '):]}")
+            elif "Dimension out of range" in raised:
+                self.fail(f"{what} raised {raised} (count dims from the end, dim=-1, so that any number of "
+                          f"leading dims works)")
             else:
                 self.fail(f"{what} raised {raised}")
             return None
@@ -455,7 +458,9 @@ class Report:
             return self.fail(f"{what}: the result contains inf or nan; expected finite values" + _call_hint(hint, got))
         if torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
             return self.check(True, "")
-        err = (got_f - exp_f).abs().nan_to_num(float("inf"))
+        err = (got_f - exp_f).abs()
+        err[(got_f == exp_f) | (got_f.isnan() & exp_f.isnan())] = 0.0           # equal infinities are no gap
+        err = err.nan_to_num(float("inf"))
         idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0]) if err.ndim else ()
         return self.fail(f"{what}: values differ, largest gap at index {idx}: "
                          f"expected {exp_f[idx].item():.6g}, got {got_f[idx].item():.6g}" + _call_hint(hint, got))

@@ -195,7 +195,8 @@ def causal_mask_checker(exercise: str) -> Exercise:
             def hint(got, want=want, T=T):
                 got = got.bool()
                 if torch.equal(got, want.T):
-                    return "this mask lets position i see the FUTURE (upper triangle); query i may attend to keys j <= i"
+                    return ("the mask is transposed: it lets position i see the FUTURE (upper triangle); "
+                            "query i may attend to keys j <= i")
                 if torch.equal(got, want.tril(-1)):
                     return "the diagonal is False: a position may attend to itself"
                 if torch.equal(got, ~want):

@@ -410,8 +410,8 @@ class Report:
             return None
         v = rec.get("value")
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
-            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            self.fail(f"{what}: expected a {names}, got {_type_name(v)}")
+            names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+            self.fail(f"{what}: expected {names}, got {_type_name(v)}")
             return None
         return v
 
@@ -420,8 +420,8 @@ class Report:
         if same(got, expected):
             return self.check(True, "")
         if type(got) is not type(expected):
-            return self.fail(f"{what}: expected a {type(expected).__name__} {_short(expected)}, "
-                             f"got a {_type_name(got)} {_short(got)}")
+            return self.fail(f"{what}: expected {_article(type(expected).__name__)} {_short(expected)}, "
+                             f"got {_article(_type_name(got))} {_short(got)}")
         if type(got) in (list, tuple) and len(got) != len(expected):
             return self.fail(f"{what}: expected {len(expected)} items {_short(expected)}, "
                              f"got {len(got)} {_short(got)}")
@@ -496,6 +496,10 @@ def _call_hint(hint, got) -> str:
     except Exception:  # noqa: BLE001 - a hint must never break a verdict
         return ""
     return f" ({text})" if text else ""
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
 
 
 def _type_name(v: Any) -> str:

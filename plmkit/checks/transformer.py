@@ -197,10 +197,10 @@ def causal_mask_checker(exercise: str) -> Exercise:
                 if torch.equal(got, want.T):
                     return ("the mask is transposed: it lets position i see the FUTURE (upper triangle); "
                             "query i may attend to keys j <= i")
+                if torch.equal(got, ~want) and T > 1:
+                    return "True/False are swapped; True must mean 'may attend'"
                 if torch.equal(got, want.tril(-1)):
                     return "the diagonal is False: a position may attend to itself"
-                if torch.equal(got, ~want):
-                    return "True/False are swapped; True must mean 'may attend'"
                 return ""
             if got.dtype != torch.bool:
                 r.fail(f"{what}: expected a boolean tensor (True = may attend), got dtype {got.dtype}")

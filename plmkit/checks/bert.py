@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.bert import BertConfig, mean_pool, parameter_count
-from ._core import Report, checker
+from ._legacy import Report, checker
 
 IGNORE = -100
 

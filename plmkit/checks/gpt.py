@@ -24,7 +24,7 @@ import torch
 from ..generate import beam_score, beam_search_step, temperature_softmax, top_k_filter, top_p_filter
 from ..nn import causal_mask
 from ..objectives.clm import clm_loss, perplexity
-from ._core import Report, checker
+from ._legacy import Report, checker
 
 IGNORE = -100
 

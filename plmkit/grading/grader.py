@@ -30,6 +30,7 @@ that passed, so the next exercise runs in a clean kernel.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -392,6 +393,13 @@ def _check_chapter(nb, path: Path) -> str:
     return chapter
 
 
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def load_checkers():
     """Import every checker module now, before any kernel runs, and return the judge.
 
@@ -408,6 +416,7 @@ def grade_one(path: str | Path, reference=None, timeout: int = DEFAULT_TIMEOUT, 
     path = Path(path)
     start = time.perf_counter()
     try:
+        digest = _sha256(path)
         learner = nbt.read(path)
         chapter = _check_chapter(learner, path)
         pristine = pristine_notebook(chapter, reference)
@@ -428,6 +437,9 @@ def grade_one(path: str | Path, reference=None, timeout: int = DEFAULT_TIMEOUT, 
         finally:
             session.close()
     result = NotebookResult(str(path), chapter, notes=session.notes)
+    if _sha256(path) != digest:
+        result.notes.append("the notebook file changed while it was graded (by its own code?); "
+                            "the version read before grading began was graded")
     for ex in exercises:
         result.exercises.append(session.results.get(ex.number) or ExerciseResult(
             ex.number, ex.title, 0, ex.points, False, "❌ not graded", NOT_GRADED))
@@ -449,7 +461,7 @@ def format_table(results: list[NotebookResult]) -> str:
         for e in r.exercises:
             out.append(f"  {e.number:<9} {e.title:<{w}}  {f'{e.points}/{e.max_points}':>6}  {e.verdict}")
             pad = " " * (9 + w + 14)
-            for reason in e.reasons[:4]:
+            for reason in [r for r in e.reasons if r not in e.verdict][:4]:
                 out.append(f"{pad} • {reason}")
             for note in e.notes:
                 out.append(f"{pad} (note: {note})")

@@ -270,13 +270,17 @@ class _Session:
         for p in self._record_files(number, self.record_dir):
             p.unlink(missing_ok=True)
 
-    def _take(self, number: str) -> None:
-        """Move the kernel's record of `number` out of its folder, into the grader's."""
+    def _take(self, number: str) -> bool:
+        """Move the kernel's record of `number` out of its folder into the grader's; False if none."""
+        found = True
         for src, dst in zip(self._record_files(number, self.record_dir), self._record_files(number, self.kept)):
             dst.unlink(missing_ok=True)
             if src.is_file() and not src.is_symlink():
                 dst.write_bytes(src.read_bytes())
+            else:
+                found = False
             src.unlink(missing_ok=True)
+        return found
 
     # -- results ---------------------------------------------------------------------
     def _finish(self, number: str, result: ExerciseResult) -> None:
@@ -367,8 +371,12 @@ class _Session:
                 continue
             last_check = self.exercises[number].check_indices[-1]
             if step.index == last_check:
-                self._take(number)
-                self._finish(number, self._judged(number))
+                if self._take(number):
+                    self._finish(number, self._judged(number))
+                else:
+                    self._finish(number, self._failed(
+                        number, "❌ the check cell ran but recorded no answers (was the check replaced "
+                                "or patched by your code?)", FAIL))
         self._stop()
 
     def close(self) -> None:

@@ -161,6 +161,67 @@ def make_exercise_notebook(solution, chapter: str):
     return nb
 
 
+def class_edition(solution, chapter: str):
+    """A (prepared) solution notebook as the *class edition* of the book shows it.
+
+    Each answer becomes the learner's stub (outputs cleared, nothing folded away);
+    prose, demo cells, check cells and their stored verdicts, and ``book-only``
+    cells stay. An instructor publishes this edition so that a class sees the
+    tasks but not the answers.
+    """
+    nbt.exercises(solution)
+    nb = copy.deepcopy(solution)
+    for cell in nb.cells:
+        if nbt.is_exercise(cell):
+            cell.source = strip_solutions(cell.source, nbt.exercise_number(cell.source))
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("mystnb", None)
+            tags = [t for t in _tags(cell) if t != "hide-input"]
+            if tags:
+                cell.metadata["tags"] = tags
+            else:
+                cell.metadata.pop("tags", None)
+        elif cell.cell_type == "code" and BEGIN in cell.source:
+            raise nbt.NotebookError(f"{chapter}: a cell holds {BEGIN} but is not an exercise cell")
+    return nb
+
+
+CLASS_EDITION_FILES = ["_config.yml", "_toc.yml", "book", "notebooks", "_vendor"]
+
+
+def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
+    """Write the book's sources to `dest` with every chapter in its class edition; return the chapters.
+
+    `jupyter-book build DEST` then builds a book without solutions.
+    """
+    import shutil
+
+    root, dest = Path(root), Path(dest)
+    src_dir = root / "solutions"
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"{src_dir} does not exist: run this from the book's root folder")
+    r, d = root.resolve(), dest.resolve()
+    if d == r or d in r.parents or d in [r / name for name in CLASS_EDITION_FILES + ["solutions", "plmkit"]]:
+        raise ValueError(f"dest must be a new folder outside the book's sources (it is replaced), got {dest}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in CLASS_EDITION_FILES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+    (dest / "solutions").mkdir()
+    chapters = []
+    for src in sorted(src_dir.glob("*.ipynb")):
+        sol = nbt.read(src)
+        prepare_solution(sol, src.stem)
+        nbt.write(class_edition(sol, src.stem), dest / "solutions" / src.name)
+        chapters.append(src.stem)
+    return chapters
+
+
 def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None) -> list[str]:
     """Regenerate notebooks/ under `root`; return the chapters whose notebook changed (or would).
 

@@ -102,12 +102,17 @@ def to_plain(value: Any, depth: int = 0) -> Any:
         return float.__float__(value)
     if isinstance(value, str):
         return str.__str__(value)
-    if t is list or t is tuple:
-        items = [to_plain(v, depth + 1) for v in list.__iter__(value)] if t is list else \
-            [to_plain(v, depth + 1) for v in tuple.__iter__(value)]
-        return items if t is list else tuple(items)
-    if t is dict:
+    # containers, subclasses included (Counter, defaultdict, namedtuple): read through the
+    # base type's own methods, so a subclass's __eq__ / __iter__ is never used
+    if isinstance(value, list):
+        return [to_plain(v, depth + 1) for v in list.__iter__(value)]
+    if isinstance(value, tuple):
+        return tuple(to_plain(v, depth + 1) for v in tuple.__iter__(value))
+    if isinstance(value, dict):
         return {to_plain(k, depth + 1): to_plain(v, depth + 1) for k, v in dict.items(value)}
+    if isinstance(value, (set, frozenset)):
+        return set(to_plain(v, depth + 1) for v in (set.__iter__(value) if isinstance(value, set)
+                                                     else frozenset.__iter__(value)))
     name = getattr(t, "__qualname__", str(t))
     kind = "an object" if not hasattr(value, "__iter__") else "an iterable object"
     raise NotPlain(f"{kind} of type {name}; expected plain data (tensors, ints, floats, strings, lists, "
@@ -144,6 +149,8 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if type(a) is dict:
         return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if type(a) is set:
+        return a == b
     if type(a) is float and math.isnan(a):
         return math.isnan(b)
     return a == b
@@ -167,6 +174,8 @@ def encode(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
             return {k: enc(x) for k, x in v.items()}               # readable JSON object
         if t is dict:
             return {"__dict__": [[enc(k), enc(x)] for k, x in v.items()]}
+        if t is set:
+            return {"__set__": [enc(x) for x in v]}
         if t in _SCALARS:
             return v
         raise NotPlain(f"cannot record a {t.__name__}")
@@ -186,6 +195,8 @@ def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return t
         if "__tuple__" in obj:
             return tuple(decode(x, tensors) for x in obj["__tuple__"])
+        if "__set__" in obj:
+            return set(_hashable(decode(x, tensors)) for x in obj["__set__"])
         if "__dict__" in obj:
             return {_hashable(decode(k, tensors)): decode(v, tensors) for k, v in obj["__dict__"]}
         if any(k.startswith("__") for k in obj):
@@ -212,6 +223,8 @@ def clone_plain(value: Any) -> Any:
         return tuple(clone_plain(v) for v in value)
     if type(value) is dict:
         return {k: clone_plain(v) for k, v in value.items()}
+    if type(value) in (set, frozenset):
+        return set(value)
     return value
 
 
@@ -268,7 +281,7 @@ def reference_grads(fn: Callable, case: dict) -> list[torch.Tensor]:
     for i in case["grad"]:
         args[i] = args[i].detach().clone().requires_grad_(True)
         inputs.append(args[i])
-    out = fn(*args, **clone_plain(case["kwargs"]))
+    out = fn(*args, **clone_plain(case.get("kwargs", {})))
     cot = torch.ones_like(out) if case.get("cotangent") is None else case["cotangent"]
     return list(torch.autograd.grad([out], inputs, grad_outputs=[cot.to(out.dtype)], allow_unused=True))
 
@@ -339,7 +352,9 @@ class Probe:
         names = [f"argument {i + 1}" for i in range(len(args))] + [f"`{n}`" for n in kwargs]
         given = a + list(k.values())
         for name, before, after in zip(names, originals[0] + list(originals[1].values()), given):
-            if isinstance(before, torch.Tensor) or type(before) in (list, dict, tuple):
+            if type(before) is frozenset:
+                before = set(before)
+            if isinstance(before, torch.Tensor) or type(before) in (list, dict, tuple, set):
                 try:
                     changed = not same(to_plain(after.detach() if isinstance(after, torch.Tensor) else after),
                                        before)
@@ -387,13 +402,16 @@ class Report:
             raised = rec["raised"]
             if raised.startswith("NotPlain: "):
                 self.fail(f"{what}: {raised[len('NotPlain: '):]}")
+            elif "Dimension out of range" in raised:
+                self.fail(f"{what} raised {raised} (count dims from the end, dim=-1, so that any number of "
+                          f"leading dims works)")
             else:
                 self.fail(f"{what} raised {raised}")
             return None
         v = rec.get("value")
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
-            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            self.fail(f"{what}: expected a {names}, got {_type_name(v)}")
+            names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+            self.fail(f"{what}: expected {names}, got {_type_name(v)}")
             return None
         return v
 
@@ -402,8 +420,15 @@ class Report:
         if same(got, expected):
             return self.check(True, "")
         if type(got) is not type(expected):
-            return self.fail(f"{what}: expected a {type(expected).__name__} {_short(expected)}, "
-                             f"got a {_type_name(got)} {_short(got)}")
+            return self.fail(f"{what}: expected {_article(type(expected).__name__)} {_short(expected)}, "
+                             f"got {_article(_type_name(got))} {_short(got)}")
+        if type(got) in (list, tuple) and len(got) != len(expected):
+            return self.fail(f"{what}: expected {len(expected)} items {_short(expected)}, "
+                             f"got {len(got)} {_short(got)}")
+        if type(got) in (list, tuple):
+            i = next(i for i, (a, b) in enumerate(zip(got, expected)) if not same(a, b))
+            return self.fail(f"{what}: first difference at position {i}: expected {_short(expected[i])}, "
+                             f"got {_short(got[i])} (expected {_short(expected, 60)}, got {_short(got, 60)})")
         return self.fail(f"{what}: expected {_short(expected)}, got {_short(got)}")
 
     def close(self, got: Any, expected: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4,
@@ -433,7 +458,9 @@ class Report:
             return self.fail(f"{what}: the result contains inf or nan; expected finite values" + _call_hint(hint, got))
         if torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
             return self.check(True, "")
-        err = (got_f - exp_f).abs().nan_to_num(float("inf"))
+        err = (got_f - exp_f).abs()
+        err[(got_f == exp_f) | (got_f.isnan() & exp_f.isnan())] = 0.0           # equal infinities are no gap
+        err = err.nan_to_num(float("inf"))
         idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0]) if err.ndim else ()
         return self.fail(f"{what}: values differ, largest gap at index {idx}: "
                          f"expected {exp_f[idx].item():.6g}, got {got_f[idx].item():.6g}" + _call_hint(hint, got))
@@ -469,6 +496,10 @@ def _call_hint(hint, got) -> str:
     except Exception:  # noqa: BLE001 - a hint must never break a verdict
         return ""
     return f" ({text})" if text else ""
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
 
 
 def _type_name(v: Any) -> str:

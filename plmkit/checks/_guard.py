@@ -54,7 +54,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-__all__ = ["Rule", "Guard", "aten", "code_objects"]
+__all__ = ["Rule", "Guard", "aten", "aten_ops", "code_objects"]
+
+
+def aten_ops(*names: str) -> list:
+    """The ATen operator packets of these names that this torch build has (others are skipped).
+
+    Fused kernels differ between versions and back ends, so list every variant:
+    ``aten_ops("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention")``.
+    """
+    return [getattr(aten, n) for n in names if hasattr(aten, n)]
 
 
 @dataclass(frozen=True)

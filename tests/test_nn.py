@@ -747,3 +747,15 @@ def test_seq2seq_cached_generation_and_stack_options():
         pn.Encoder(2, 8, 2, 16, ffn=FeedForward(8, 16))
     with pytest.raises(ValueError, match="one cache per layer"):
         pn.Decoder(2, 8, 2, 16)(torch.randn(1, 1, 8), torch.randn(1, 2, 8), caches=[KVCache()])
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fully_padded_queries_give_zero_output_and_finite_gradients(with_bias):
+    mha = MultiHeadAttention(8, 2, n_kv_heads=1)
+    mask = build_attention_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), None, 4)   # row 0: queries 0, 1 see nothing
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    bias = torch.randn(1, 2, 4, 4) if with_bias else None
+    out = mha(x, mask=mask, position_bias=bias)
+    torch.testing.assert_close(out[0, :2], mha.out_proj.bias.expand(2, 8).detach())
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in mha.parameters())

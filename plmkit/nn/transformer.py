@@ -31,6 +31,7 @@ from .blocks import DecoderBlock, EncoderBlock
 from .cache import CrossAttentionCache, KVCache
 from .norms import LayerNorm
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .validation import values_readable
 
 __all__ = ["Encoder", "Decoder", "Seq2SeqTransformer", "record_attention"]
 
@@ -157,7 +158,7 @@ class Seq2SeqTransformer(nn.Module):
     def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         if ids.ndim != 2:
             raise ValueError(f"token ids must have shape (B, T), got {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+        if ids.numel() and values_readable(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):  # no GPU sync
             raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}], got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
         return self.drop(self.pos(table(ids) * math.sqrt(self.d_model), offset=offset))   # (B, T, C)

@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--root", default=".", help="the book's root folder (default: .)")
     a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
 
+    c = sub.add_parser("class-edition", help="write the book's sources without solutions (make book SOLUTIONS=hide)")
+    c.add_argument("dest", metavar="DIR", help="folder to write (replaced if it exists); build it with jupyter-book")
+    c.add_argument("--root", default=".", help="the book's root folder (default: .)")
+
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
     e.add_argument("--timeout", type=int, default=1800, metavar="SECONDS", help="per-cell time limit")
@@ -50,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if not stale:
             print("notebooks/ is up to date")
+        return 0
+    if args.command == "class-edition":
+        from .grading.author import write_class_edition
+        from .grading.notebook import NotebookError
+        try:
+            chapters = write_class_edition(args.root, args.dest)
+        except (NotebookError, FileNotFoundError, ValueError) as err:
+            print(f"plmkit class-edition: {err}", file=sys.stderr)
+            return 2
+        print(f"{len(chapters)} chapters without solutions written to {args.dest}")
         return 0
     if args.command == "execute":
         from .grading.execute import execute

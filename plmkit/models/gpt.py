@@ -256,11 +256,12 @@ class GPT(nn.Module):
             mask = build_attention_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
         x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
         x = self.drop(x)
-        hidden = [x]
+        hidden = [x]                    # kept only when asked for (they would hold memory)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, cache=caches[i] if caches is not None else None,
                       is_causal=mask is None, cache_position=cache_position if caches is not None else None)
-            hidden.append(x)
+            if output_hidden_states:
+                hidden.append(x)
         x = self.ln_f(x)
         logits = self.lm_head(x)                                                       # (B, T, V)
         if not output_hidden_states:

@@ -91,13 +91,13 @@ def to_plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, torch.Tensor):
         if t not in (torch.Tensor, torch.nn.Parameter):
             raise NotPlain(f"a {t.__name__} (a subclass of torch.Tensor); return a plain torch.Tensor")
-        if value.layout != torch.strided:
-            raise NotPlain(f"a tensor with layout {value.layout}; return a dense tensor")
-        return _PlainTensor.of(value)
+        if value.layout != torch.strided or value.device.type == "meta":
+            raise NotPlain(f"a tensor with layout {value.layout} on {value.device}; return a dense tensor")
+        return _plain_tensor(value)
     if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, int):                         # int subclasses, numpy ints via __index__
-        return int.__index__(value) if isinstance(value, int) else int(value)
+    if isinstance(value, int):                         # int subclasses become the real int
+        return int.__index__(value)
     if isinstance(value, float):
         return float.__float__(value)
     if isinstance(value, str):
@@ -119,17 +119,11 @@ def to_plain(value: Any, depth: int = 0) -> Any:
                    f"tuples, dicts)")
 
 
-class _PlainTensor:
-    """Namespace: the one way a tensor becomes plain data (detached CPU copy + its metadata)."""
-
-    @staticmethod
-    def of(t: torch.Tensor) -> torch.Tensor:
-        with torch._C.DisableTorchFunctionSubclass():
-            copy = t.detach().to("cpu", copy=True).contiguous()
-        copy = copy.as_subclass(torch.Tensor) if type(copy) is not torch.Tensor else copy
-        copy.__dict__["plmkit_meta"] = {"requires_grad": bool(t.requires_grad),
-                                        "device": str(t.device)}
-        return copy
+def _plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The one way a tensor becomes plain data: a detached, contiguous CPU copy, plus where it came from."""
+    copy = t.detach().to("cpu", copy=True).contiguous()
+    copy.__dict__["plmkit_meta"] = {"requires_grad": bool(t.requires_grad), "device": str(t.device)}
+    return copy
 
 
 def tensor_meta(t: torch.Tensor) -> dict:

@@ -13,9 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("paths", nargs="+", metavar="PATH", help="notebook(s) to grade; never modified")
     g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     g.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
-                   help="per-cell time limit (default 300)")
+                   help="per-cell time limit (default 300); a cell still running then fails its exercise")
     g.add_argument("--reference", metavar="DIR",
-                   help="folder with the pristine notebooks (solutions/ or notebooks/ of the book); "
+                   help="folder with the pristine, executed notebooks (solutions/ or notebooks/ of the book); "
                         "default: the book's own solutions/")
 
     a = sub.add_parser("author", help="regenerate notebooks/ from solutions/")

@@ -6,7 +6,7 @@ four ways:
 * ``ok``      it ran to the end;
 * ``error``   it raised (``SystemExit`` included: IPython catches it and the kernel lives on);
 * ``timeout`` it was still running after the time limit (an endless loop): the kernel is killed;
-* ``died``    the kernel process ended (``os._exit``, ``exit()``, a crash, the out-of-memory killer).
+* ``died``    the kernel process ended (``os._exit``, a crash in native code, the out-of-memory killer).
 
 After ``timeout`` or ``died`` the kernel is gone; the caller starts a new one.
 The kernel runs the Python that runs the grader (like nbval's ``--nbval-current-env``),
@@ -68,7 +68,7 @@ def death_reason(returncode: int | None) -> str:
     >>> death_reason(-9)
     'the kernel was killed by signal 9 (SIGKILL: out of memory?)'
     >>> death_reason(3)
-    'the kernel exited with status 3 (os._exit, exit() or a crash in native code)'
+    'the kernel exited with status 3 (os._exit or a crash in native code)'
     """
     if returncode is None:
         return "the kernel died"
@@ -80,7 +80,7 @@ def death_reason(returncode: int | None) -> str:
         hint = {"SIGKILL": ": out of memory?", "SIGSEGV": ": a crash in native code",
                 "SIGABRT": ": an aborted native call"}.get(name, "")
         return f"the kernel was killed by signal {-returncode} ({name}{hint})"
-    return f"the kernel exited with status {returncode} (os._exit, exit() or a crash in native code)"
+    return f"the kernel exited with status {returncode} (os._exit or a crash in native code)"
 
 
 class Kernel:

@@ -605,8 +605,10 @@ def test_mutant_fails(exercise, what, fn, tmp_path):
 
 def test_every_exercise_has_three_mutants():
     counts = {ex: sum(1 for e, _, _ in MUTANTS if e == ex) for ex in NAMES}
-    # a new chapter's exercise must come with its rows here (NAMES, CHAPTER, MUTANTS, SHORTCUTS)
-    assert set(NAMES) == set(REGISTRY), sorted(set(REGISTRY) ^ set(NAMES))
+    # chapters 0-4 keep their rows here (NAMES, CHAPTER, MUTANTS, SHORTCUTS); later chapters keep
+    # theirs in tests/test_checks_<chapter>.py, and test_mutation_coverage.py checks every one
+    mine = {ex for ex in REGISTRY if ex.split(".")[0] in CHAPTER}
+    assert set(NAMES) == mine, sorted(mine ^ set(NAMES))
     assert min(counts.values()) >= 3, counts
 
 

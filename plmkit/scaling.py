@@ -16,6 +16,8 @@ This module has the three tools of the chapter:
     flops_6nd, training_flops_per_token    the cost of a run (rule of thumb and the count with attention)
     fit_chinchilla                         approach 3: fit (E, A, B, alpha, beta) to (N, D, L) runs
     isoflop_minimum, fit_power_law         approach 2: best N at each budget, then N_opt = k C**a
+    tiny_llama_config, stream_batches,     measuring a grid point: one model trained once on
+    train_and_evaluate                     D tokens never seen twice, scored on held-out text
 
 Approach 3 as in the paper: Huber loss (delta = 1e-3) between the predicted and
 observed log-loss, with A = e**a, B = e**b, E = e**e and log L written as a
@@ -31,7 +33,9 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["ScalingLaw", "CHINCHILLA", "flops_6nd", "training_flops_per_token", "huber", "chinchilla_objective",
-           "fit_chinchilla", "compute_optimal", "isoflop_minimum", "fit_power_law"]
+           "fit_chinchilla", "compute_optimal", "isoflop_minimum", "fit_power_law",
+           "tiny_llama_config", "non_embedding_parameters", "stream_batches", "train_and_evaluate",
+           "closest_config", "run_grid"]
 
 
 def _positive(name, value):
@@ -243,3 +247,133 @@ def fit_power_law(x, y):
     X = torch.stack([x.log(), torch.ones_like(x)], dim=1)
     a, log_k = torch.linalg.lstsq(X, y.log()[:, None]).solution.flatten().tolist()
     return math.exp(log_k), a
+
+
+# ---------------------------------------------------------------- measuring one point of a grid
+def tiny_llama_config(vocab_size: int, d_model: int, n_layers: int = 2, head_dim: int = 16, *,
+                      max_position_embeddings: int = 1024, **overrides):
+    """A small LLaMA for scaling runs: heads of width `head_dim`, SwiGLU width 8/3 d rounded up to a multiple of 8.
+
+    >>> cfg = tiny_llama_config(vocab_size=100, d_model=48)
+    >>> cfg.num_attention_heads, cfg.intermediate_size
+    (3, 128)
+    """
+    from .models.llama import LlamaConfig
+
+    if not isinstance(d_model, int) or d_model < head_dim or d_model % head_dim:
+        raise ValueError(f"d_model must be a positive multiple of head_dim={head_dim}, got {d_model!r}")
+    d_ff = -(-8 * d_model // 3 // 8) * 8
+    return LlamaConfig(**{**dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff,
+                                 num_hidden_layers=n_layers, num_attention_heads=d_model // head_dim,
+                                 max_position_embeddings=max_position_embeddings), **overrides})
+
+
+def non_embedding_parameters(config) -> int:
+    """Parameters outside the token embedding and the LM head (Kaplan et al.'s N); the count scaling laws use."""
+    embeddings = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+    return config.num_parameters() - embeddings
+
+
+def stream_batches(ids: torch.Tensor, block_size: int, batch_size: int, offset: int = 0):
+    """Consecutive, non-overlapping windows of a token stream, in order: no token is trained on twice.
+
+    Yields (x, y) pairs (B, T); raises ValueError when the stream runs out.
+
+    >>> x, y = next(stream_batches(torch.arange(20), block_size=4, batch_size=2))
+    >>> x.tolist(), y[0].tolist()
+    ([[0, 1, 2, 3], [4, 5, 6, 7]], [1, 2, 3, 4])
+    """
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    start = offset
+    while True:
+        end = start + batch_size * block_size
+        if end + 1 > len(ids):
+            raise ValueError(f"the stream of {len(ids)} tokens ran out at offset {start}: ask for fewer tokens")
+        chunk = ids[start:end + 1]
+        x = chunk[:-1].view(batch_size, block_size)
+        y = chunk[1:].view(batch_size, block_size)
+        yield x, y
+        start = end
+
+
+def train_and_evaluate(config, train_ids: torch.Tensor, val_ids: torch.Tensor, tokens: int, *, batch_size: int = 16,
+                       block_size: int = 64, lr: float = 3e-3, seed: int = 0, offset: int = 0,
+                       eval_tokens: int = 20_000, device: str | torch.device | None = None) -> dict:
+    """Train a fresh model of `config` on `tokens` tokens (rounded down to whole steps) of `train_ids`, read once
+    from `offset`, with AdamW and a cosine schedule that ends with the run; return its held-out loss.
+
+    Returns {'N' (non-embedding parameters), 'D' (tokens trained), 'C' (6 N D), 'loss', 'seconds', 'tokens_per_s',
+    'seed'}. The model is built by ``plmkit.models.Llama`` (so `config` may hold any ablation switch).
+    """
+    import time
+
+    from .models.llama import Llama
+    from .objectives.clm import evaluate_lm
+    from .train import Trainer
+
+    steps = tokens // (batch_size * block_size)
+    if steps < 1:
+        raise ValueError(f"tokens must be at least one batch ({batch_size * block_size}), got {tokens!r}")
+    torch.manual_seed(seed)
+    model = Llama(config)
+    trainer = Trainer(model, stream_batches(train_ids, block_size, batch_size, offset), max_steps=steps, lr=lr,
+                      warmup_steps=max(1, steps // 20), min_lr_ratio=0.1, log_every=steps, progress=False,
+                      device=device)
+    start = time.perf_counter()
+    trainer.fit()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    loss = evaluate_lm(model, val_ids, block_size, batch_size=64, max_tokens=eval_tokens)["loss"]
+    N, D = non_embedding_parameters(config), steps * batch_size * block_size
+    return dict(N=N, D=D, C=6.0 * N * D, loss=loss, seconds=seconds, tokens_per_s=D / seconds, seed=seed,
+                model=model)
+
+
+def closest_config(N_target: float, vocab_size: int, n_layers: int = 2, head_dim: int = 16, **overrides):
+    """The tiny_llama_config whose non-embedding parameter count is closest (in log) to `N_target`."""
+    N_target = float(_positive("N_target", N_target))
+    candidates = [tiny_llama_config(vocab_size, d, n_layers, head_dim, **overrides)
+                  for d in range(head_dim, 64 * head_dim + 1, head_dim)]
+    return min(candidates, key=lambda c: abs(math.log(non_embedding_parameters(c) / N_target)))
+
+
+def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *, widths, budgets, seeds=(0,),
+             n_layers: int = 2, predict_factor: float = 4.0, log=print, **run_options) -> dict:
+    """Train every (width, token budget, seed), fit L(N, D) (approach 3), then predict and train one run at
+    `predict_factor` times the largest compute of the grid; return everything as plain numbers (JSON-ready).
+
+    No model reads a token twice (each run is one pass over part of the stream); seed s starts at
+    s * max(budgets), so that seeds differ in their text as well as their initialisation.
+    """
+    runs = []
+    for d in widths:
+        config = tiny_llama_config(vocab_size, d, n_layers)
+        for tokens in budgets:
+            for seed in seeds:
+                r = train_and_evaluate(config, train_ids, val_ids, tokens, seed=seed, offset=seed * max(budgets),
+                                       **run_options)
+                r.pop("model")
+                runs.append(dict(width=d, n_layers=n_layers, **r))
+                log(f"d={d:4d} N={r['N']:>9,} D={r['D']:>10,} seed={seed}  loss {r['loss']:.4f}  "
+                    f"({r['seconds']:.1f} s, {r['tokens_per_s']:,.0f} tok/s)")
+    N = torch.tensor([r["N"] for r in runs], dtype=torch.float64)
+    D = torch.tensor([r["D"] for r in runs], dtype=torch.float64)
+    L = torch.tensor([r["loss"] for r in runs], dtype=torch.float64)
+    law = fit_chinchilla(N, D, L)
+    C_pred = predict_factor * max(r["C"] for r in runs)
+    N_opt, D_opt = law.compute_optimal(C_pred)
+    config = closest_config(N_opt, vocab_size, n_layers)
+    N_run = non_embedding_parameters(config)
+    block, batch = run_options.get("block_size", 64), run_options.get("batch_size", 16)
+    D_run = int(C_pred / (6 * N_run)) // (block * batch) * (block * batch)
+    predicted = float(law.loss(N_run, D_run))
+    r = train_and_evaluate(config, train_ids, val_ids, D_run, seed=0, **run_options)
+    r.pop("model")
+    log(f"predicted run: d={config.hidden_size} N={N_run:,} D={D_run:,} C={6 * N_run * D_run:.3g}: "
+        f"predicted {predicted:.4f}, measured {r['loss']:.4f} ({r['seconds']:.1f} s)")
+    return dict(runs=runs, fit=dict(E=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta),
+                prediction=dict(C=6.0 * N_run * D_run, C_target=C_pred, N_opt=float(N_opt), D_opt=float(D_opt),
+                                width=config.hidden_size, n_layers=n_layers, N=N_run, D=D_run,
+                                predicted_loss=predicted, measured_loss=r["loss"], seconds=r["seconds"]))

@@ -118,3 +118,51 @@ def test_validation():
 def test_docstring_examples():
     result = doctest.testmod(scaling, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_stream_batches_never_repeat_a_token():
+    from plmkit.scaling import stream_batches
+    ids = torch.arange(1000)
+    stream = stream_batches(ids, block_size=8, batch_size=4, offset=10)
+    seen = torch.cat([next(stream)[0].flatten() for _ in range(5)])
+    assert seen.unique().numel() == seen.numel() == 5 * 32 and int(seen[0]) == 10
+    x, y = next(stream_batches(ids, 8, 4))
+    assert bool((y == x + 1).all())
+    with pytest.raises(ValueError, match="ran out"):
+        for _ in stream_batches(torch.arange(50), 8, 4):
+            pass
+
+
+def test_tiny_config_and_closest_config():
+    from plmkit.scaling import closest_config, non_embedding_parameters, tiny_llama_config
+    cfg = tiny_llama_config(100, 64)
+    assert cfg.num_attention_heads == 4 and cfg.intermediate_size % 8 == 0
+    assert non_embedding_parameters(cfg) == cfg.num_parameters() - 2 * 100 * 64
+    target = non_embedding_parameters(tiny_llama_config(100, 96))
+    assert closest_config(target * 1.05, 100).hidden_size == 96
+    with pytest.raises(ValueError, match="d_model"):
+        tiny_llama_config(100, 50)
+
+
+def test_scaling_grid_script_smoke(tmp_path):
+    """The full-grid script on a grid of seconds: a labelled JSON with runs, fit and the predicted run."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 400)
+    out = tmp_path / "grid.json"
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "scaling_grid.py"), "--smoke", "--text",
+                           str(text), "--device", "cpu", "--out", str(out)], capture_output=True, text=True,
+                          cwd=root, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("command", "date", "device", "torch", "git_commit", "seeds", "settings"):
+        assert key in result["label"], key
+    assert len(result["runs"]) == 3 * 2
+    assert all(r["loss"] > 0 and r["D"] > 0 for r in result["runs"])
+    assert set(result["fit"]) == {"E", "A", "B", "alpha", "beta"}
+    assert result["prediction"]["C"] >= 2 * max(r["C"] for r in result["runs"])

@@ -95,7 +95,7 @@ def make_task(task: str, words: list[str], rng: random.Random, n_words: int = 2)
     """One (input, target) pair of a text-to-text task, the task named by a prefix.
 
     >>> make_task("reverse", ["one", "two", "three", "four", "five", "six"], random.Random(0))
-    ('reverse: four one', 'one four')
+    ('reverse: four six', 'six four')
     """
     if task == "reverse":
         ws = rng.sample(words, n_words)

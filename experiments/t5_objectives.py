@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from plmkit.text2text import OBJECTIVES, run_objective, word_list  # noqa: E402
 
-FULL = dict(seeds=[0, 1, 2], d_model=128, n_layers=2, pretrain_steps=1500, finetune_steps=1000, batch_size=64,
-            n_eval=300)
+# Sized for a 2-core CPU (about 5 minutes on one thread); on a GPU raise d_model and the steps.
+FULL = dict(seeds=[0, 1, 2], d_model=64, n_layers=2, pretrain_steps=400, finetune_steps=400, batch_size=32,
+            n_eval=150)
 SMOKE = dict(seeds=[0], d_model=16, n_layers=1, pretrain_steps=3, finetune_steps=2, batch_size=4, n_eval=6)
 
 

@@ -726,3 +726,35 @@ def test_calling_the_reference_fails(exercise, index, tmp_path):
 
 def test_shortcut_table_covers_every_exercise():
     assert set(SHORTCUTS) == set(NAMES)
+
+
+# ============================================================================ degenerate answers
+
+class ReturnsNone(PreLN):
+    def forward(self, x, mask=None):
+        return None
+
+
+class ReturnsInput(PreLN):
+    def forward(self, x, mask=None):
+        return x
+
+
+DEGENERATE = {
+    "returns None": lambda *a, **k: None,
+    "returns its first argument": lambda *a, **k: a[0] if a else next(iter(k.values())),
+    "returns 0": lambda *a, **k: 0,
+    "returns an empty list": lambda *a, **k: [],
+    "returns a zero tensor": lambda *a, **k: torch.zeros(()),
+}
+
+
+@pytest.mark.parametrize("exercise", list(NAMES))
+@pytest.mark.parametrize("kind", list(DEGENERATE))
+def test_degenerate_answers_fail(exercise, kind, tmp_path):
+    if exercise == "2.6":
+        learner = ({"returns None": ReturnsNone}.get(kind, ReturnsInput),)
+    else:
+        learner = (DEGENERATE[kind],) * len(NAMES[exercise])
+    verdict = both_ways(exercise, learner, tmp_path, seed=13)
+    assert not verdict.passed and verdict.reasons, verdict.text()

@@ -403,6 +403,9 @@ class Report:
                 self.fail(f"{what} raised {raised}")
             return None
         v = rec.get("value")
+        if v is None:
+            self.fail(f"{what} returned None: did you forget the `return`?")
+            return None
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
             names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.fail(f"{what}: expected {names}, got {_type_name(v)}")
@@ -626,6 +629,8 @@ class Exercise:
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")
+        if not r.failures and r.total == 0:
+            r.fail("nothing could be checked")
         if not r.failures:
             return Verdict(True, f"{PASS} {self.head}: {r.total}/{r.total} checks passed")
         passed = max(r.total - len(r.failures), 0)

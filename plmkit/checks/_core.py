@@ -75,6 +75,8 @@ class NotPlain(TypeError):
 
 
 _SCALARS = (bool, int, float, str, type(None))
+_RECORDABLE = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+               torch.bfloat16, torch.float32, torch.float64}             # what safetensors stores
 
 
 def to_plain(value: Any, depth: int = 0) -> Any:
@@ -93,6 +95,9 @@ def to_plain(value: Any, depth: int = 0) -> Any:
             raise NotPlain(f"a {t.__name__} (a subclass of torch.Tensor); return a plain torch.Tensor")
         if value.layout != torch.strided or value.device.type == "meta":
             raise NotPlain(f"a tensor with layout {value.layout} on {value.device}; return a dense tensor")
+        if value.dtype not in _RECORDABLE:
+            raise NotPlain(f"a tensor of dtype {value.dtype}; expected bool, an integer dtype or "
+                           f"float16 / bfloat16 / float32 / float64")
         return _plain_tensor(value)
     if isinstance(value, bool):
         return bool(value)
@@ -664,7 +669,12 @@ class Exercise:
             meta, tensors = encode({**record, "results": None, "probe_error": f"NotPlain: {e}"})
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        try:
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        except Exception as e:  # noqa: BLE001 - an unrecordable result fails its exercise, not the cell
+            meta, tensors = encode({**record, "results": None,
+                                    "probe_error": f"the results could not be recorded: {type(e).__name__}: {e}"})
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
         (folder / f"{self.exercise}.json").write_text(json.dumps(meta))
         line = f"{RECORDED} {self.head}: answers recorded for grading"
         print(line)

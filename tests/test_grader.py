@@ -269,3 +269,14 @@ def test_a_debug_print_in_an_honest_solution_keeps_full_points(tmp_path):
     code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
     assert code == 0, verdicts(data)
     assert data["score"] == 4
+
+
+def test_no_kernel_is_an_unusable_setup_not_a_crash(tmp_path, capsys, monkeypatch):
+    from plmkit.grading import kernel
+
+    def broken(self):
+        raise FileNotFoundError("no such file: ipykernel_launcher")
+    monkeypatch.setattr(kernel.Kernel, "start", broken)
+    code, data = grade(SOLVED, tmp_path)
+    out = capsys.readouterr().out
+    assert code == 2 and "could not start a Jupyter kernel" in out and out.count("\n") == 1

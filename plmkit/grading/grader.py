@@ -190,6 +190,10 @@ def find_answers(pristine, exercises: list[nbt.Exercise], learner) -> dict[str, 
 
 # ============================================================================ phase one: the kernel
 
+class KernelStartError(RuntimeError):
+    """No Jupyter kernel could be started (ipykernel missing or broken): exit code 2."""
+
+
 @dataclass
 class Step:
     index: int                         # position in the pristine notebook
@@ -248,7 +252,11 @@ class _Session:
         """A fresh kernel with a fresh seed, the replayed cells run; False if that failed."""
         self.seed = secrets.randbelow(2**31 - 1) + 1
         self.kernel = Kernel(self.folder, self._env(), self.timeout)
-        self.kernel.start()
+        try:
+            self.kernel.start()
+        except Exception as e:  # noqa: BLE001 - no kernel at all: the notebook cannot be graded
+            self.kernel = None
+            raise KernelStartError(f"could not start a Jupyter kernel: {type(e).__name__}: {e}") from e
         for source in self.replay:
             out = self.kernel.run(source)
             if not out.ok:
@@ -443,6 +451,8 @@ def grade_one(path: str | Path, reference=None, timeout: int = DEFAULT_TIMEOUT, 
         session = _Session(plan(composite, exercises, answers), exercises, answers, timeout, folder, judge)
         try:
             session.run()
+        except KernelStartError as e:
+            return NotebookResult(str(path), chapter, error=str(e))
         finally:
             session.close()
     result = NotebookResult(str(path), chapter, notes=session.notes)

@@ -333,21 +333,16 @@ class _Session:
     def run(self) -> None:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         broken = False
-        for k, step in enumerate(self.steps):
+        for step in self.steps:
             number = step.number
             if number is not None and number in self.results:
                 continue                               # its exercise already failed
             answer = self.answers.get(number) if number else None
             if answer is not None and answer.problem and step.role == "check":
                 continue
-            if broken:
-                if number is not None:
-                    self.results[number] = self._failed(
-                        number, "❌ not graded: the kernel could not be set up again after an earlier crash",
-                        NOT_GRADED)
-                continue
-            if self.kernel is None and not self._start():
+            if not broken and self.kernel is None and not self._start():
                 broken = True
+            if broken:
                 if number is not None:
                     self.results[number] = self._failed(
                         number, "❌ not graded: the kernel could not be set up again after an earlier crash",

@@ -13,9 +13,11 @@ detail around that loop, and this file gathers it in one place:
                      resume exactly, and a loss history for plotting
 
 A batch is whatever the data gives; the loss function turns (model, batch)
-into a scalar. The default expects ``(inputs, targets)`` with targets already
-aligned to the model's output positions (-100 = ignore), which covers causal
-LM windows (targets = inputs shifted by one) and masked LM labels alike::
+into a scalar, or into ``(scalar, {name: value})`` whose metrics (a DPO
+accuracy, a reward margin) are averaged and logged next to the loss. The
+default expects ``(inputs, targets)`` with targets already aligned to the
+model's output positions (-100 = ignore), which covers causal LM windows
+(targets = inputs shifted by one) and masked LM labels alike::
 
     >>> import torch
     >>> from torch import nn
@@ -25,6 +27,11 @@ LM windows (targets = inputs shifted by one) and masked LM labels alike::
     >>> history = trainer.fit()
     >>> trainer.step, len(history["loss"])
     (3, 1)
+
+A loop of another shape (PPO collects samples, then takes several steps on
+them) reuses the same machinery through :meth:`Trainer.backward` and
+:meth:`Trainer.optimizer_step`; models that must not learn (a frozen
+reference policy) are passed as ``frozen=[...]``.
 
 Letters in shape comments: B batch, T time, V vocabulary.
 """
@@ -43,6 +50,7 @@ from .device import autocast_dtype, get_device
 
 IGNORE_INDEX = -100
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_RESERVED = ("step", "loss", "lr")        # history keys a metric may not take
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -166,7 +174,12 @@ class Trainer:
 
     Arguments, by theme:
 
-    - objective: `loss_fn(model, batch) -> scalar` (default: `lm_loss`);
+    - objective: `loss_fn(model, batch) -> scalar` or ``-> (scalar, {name: scalar})``
+      (default: `lm_loss`); metrics are averaged like the loss and logged in
+      ``history[name]`` (training) and ``history["eval_" + name]`` (evaluation);
+    - frozen models: `frozen` (modules the loss uses but must not train, e.g. a
+      reference policy) are moved to the device, kept in eval mode (even when
+      they live inside `model`) and get ``requires_grad=False``;
     - optimizer: AdamW with `lr`, `betas`, `weight_decay` (see `param_groups`),
       fused on CUDA; `grad_clip` (max global gradient norm, None = off);
       `grad_accum_steps` batches per optimizer step;
@@ -183,7 +196,9 @@ class Trainer:
       training loss since the last one), `progress` (a tqdm bar),
       `checkpoint_path` and `checkpoint_every` (save periodically).
 
-    After `fit()`, `history` holds lists ``step, loss, lr, eval_step, eval_loss``.
+    After `fit()`, `history` holds lists ``step, loss, lr, eval_step, eval_loss``
+    (plus one per metric). Custom loops call :meth:`backward` and
+    :meth:`optimizer_step` (clipping, loss scaling, the schedule) themselves.
     `save_checkpoint` / `load_checkpoint` store and restore model, optimizer,
     scheduler, step, history, data position and random-number state, so that
     a resumed run continues exactly like an uninterrupted one.
@@ -198,9 +213,15 @@ class Trainer:
                  target_eval_loss: float | None = None, log_every: int = 10,
                  device: torch.device | str | None = None, precision: str = "auto", compile: bool | str = False,
                  progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None, frozen: Iterable[nn.Module] = ()):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(frozen, nn.Module):
+            frozen = [frozen]
+        frozen = list(frozen)
+        for m in frozen:
+            if not isinstance(m, nn.Module) or m is model:
+                raise ValueError(f"frozen must be a list of torch.nn.Modules other than model, got {m!r:.60}")
         for name, value in (("train_data", train_data), ("eval_data", eval_data)):
             if value is not None and not (callable(value) or hasattr(value, "__iter__")):
                 raise ValueError(f"{name} must be an iterable of batches or a function returning a batch, "
@@ -231,6 +252,9 @@ class Trainer:
 
         self.device = get_device(device.type if isinstance(device, torch.device) else device)
         self.model = model.to(self.device)
+        # Frozen models: on the device, no gradients, never in train mode (not in the optimizer either,
+        # since param_groups skips parameters that do not require grad).
+        self.frozen = [m.to(self.device).eval().requires_grad_(False) for m in frozen]
         self.train_data, self.eval_data = train_data, eval_data
         self.loss_fn = loss_fn or lm_loss
         self.max_steps, self.grad_accum_steps, self.grad_clip = max_steps, grad_accum_steps, grad_clip
@@ -268,6 +292,8 @@ class Trainer:
         self.batches_seen = 0
         self.reached_target = False
         self.history: dict[str, list] = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": []}
+        self.last_metrics: dict[str, torch.Tensor] = {}      # the last train_step's metrics (on the device)
+        self.last_eval_metrics: dict[str, float] = {}        # the last evaluate()'s metrics
         self._train_iter = _batches(train_data)
 
     # -- one step ----------------------------------------------------------
@@ -276,37 +302,99 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self) -> torch.Tensor:
-        """One optimizer step over `grad_accum_steps` batches; returns the mean loss (a tensor, not synced)."""
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        for _ in range(self.grad_accum_steps):
-            batch = _to_device(next(self._train_iter), self.device)
-            self.batches_seen += 1
-            with self._autocast():
-                loss = self.loss_fn(self.forward_model, batch)
-            if loss.ndim != 0:
-                raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
-            self.scaler.scale(loss / self.grad_accum_steps).backward()
-            total += loss.detach().float()
+    def _set_training(self, mode: bool) -> None:
+        """`model` to train (or eval) mode; frozen models stay in eval mode even inside `model`."""
+        self.model.train(mode)
+        for m in self.frozen:
+            m.eval()
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run loss_fn under autocast; split off its metrics (detached float tensors on the device)."""
+        with self._autocast():
+            out = self.loss_fn(self.forward_model, batch)
+        if isinstance(out, tuple) and len(out) != 2:
+            raise ValueError(f"loss_fn must return a scalar tensor or a pair (loss, metrics dict), "
+                             f"got a tuple of {len(out)}")
+        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError(f"loss_fn must return a scalar tensor or (scalar tensor, metrics dict), got "
+                             f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}")
+        if not isinstance(metrics, dict):
+            raise ValueError(f"loss_fn's metrics must be a dict {{name: scalar}}, got {type(metrics).__name__}")
+        clean = {}
+        for name, value in metrics.items():
+            if not isinstance(name, str) or name in _RESERVED or name.startswith("eval_"):
+                raise ValueError(f"metric names must be strings other than {sorted(_RESERVED)} and not start "
+                                 f"with 'eval_', got {name!r}")
+            value = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)
+            if value.numel() != 1:
+                raise ValueError(f"metric {name!r} must be a scalar, got shape {tuple(value.shape)}")
+            clean[name] = value.to(self.device, torch.float32).reshape(())
+        return loss, clean
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` / grad_accum_steps, through the fp16 loss scaler when it is on.
+
+        Call it once per batch, then :meth:`optimizer_step` once per
+        `grad_accum_steps` batches: the gradients add up to those of the mean loss.
+        """
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0 or not loss.requires_grad:
+            raise ValueError("loss must be a scalar tensor that requires grad")
+        self.scaler.scale(loss / self.grad_accum_steps).backward()
+
+    def optimizer_step(self) -> torch.Tensor | None:
+        """Clip, step the optimizer and the learning-rate schedule, clear the gradients; ``self.step += 1``.
+
+        Returns the global gradient norm before clipping (a tensor, not synced)
+        when `grad_clip` is on, else None. With fp16 the gradients are unscaled
+        first, and a step whose gradients overflowed is skipped by the scaler.
+        """
+        norm = None
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        return norm
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over `grad_accum_steps` batches; returns the mean loss (a tensor, not synced).
+
+        The batches' mean metrics are left in ``self.last_metrics``.
+        """
+        self._set_training(True)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for _ in range(self.grad_accum_steps):
+            batch = _to_device(next(self._train_iter), self.device)
+            self.batches_seen += 1
+            loss, m = self._loss(batch)
+            self.backward(loss)
+            total += loss.detach().float()
+            for name, value in m.items():
+                metrics[name] = metrics.get(name, 0.0) + value
+        self.optimizer_step()
+        self.last_metrics = {name: value / self.grad_accum_steps for name, value in metrics.items()}
         return total / self.grad_accum_steps
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss on the evaluation data (model in eval mode, so no dropout)."""
+        """Mean loss on the evaluation data (model in eval mode, so no dropout).
+
+        Losses and metrics are summed on the device and read once at the end;
+        the mean metrics are left in ``self.last_eval_metrics``.
+        """
         if self.eval_data is None:
             raise ValueError("evaluate() needs eval_data")
         was_training = self.model.training
-        self.model.eval()
-        losses = []
+        self._set_training(False)
+        total = torch.zeros((), device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
         if _is_function(self.eval_data):
             batches = (self.eval_data() for _ in range(self.eval_batches or 10))
         else:
@@ -314,12 +402,18 @@ class Trainer:
         for i, batch in enumerate(batches):
             if self.eval_batches is not None and i >= self.eval_batches:
                 break
-            with self._autocast():
-                losses.append(self.loss_fn(self.forward_model, _to_device(batch, self.device)).detach().float())
-        self.model.train(was_training)
-        if not losses:
+            loss, m = self._loss(_to_device(batch, self.device))
+            total += loss.detach().float()
+            for name, value in m.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+        self._set_training(was_training)
+        if not count:
             raise ValueError("eval_data yielded no batches")
-        return torch.stack(losses).mean().item()
+        names = list(sums)
+        values = torch.stack([total, *(sums[n] for n in names)]).div(count).tolist()   # the one sync
+        self.last_eval_metrics = dict(zip(names, values[1:]))
+        return values[0]
 
     # -- the loop ----------------------------------------------------------
     def fit(self, steps: int | None = None) -> dict[str, list]:
@@ -332,15 +426,22 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.max_steps, initial=self.step, desc="training", unit="step")
         running, count = torch.zeros((), device=self.device), 0
+        metrics: dict[str, torch.Tensor] = {}
         while self.step < end and not self.reached_target:
             running += self.train_step()
+            for name, value in self.last_metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + value
             count += 1
             last = self.step == end
             if self.step % self.log_every == 0 or last:
+                names = list(metrics)
+                values = torch.stack([running, *(metrics[n] for n in names)]).div(count).tolist()  # one sync
                 self.history["step"].append(self.step)
-                self.history["loss"].append((running / count).item())   # one sync per log point
+                self.history["loss"].append(values[0])
                 self.history["lr"].append(self.scheduler.get_last_lr()[0])
-                running, count = torch.zeros((), device=self.device), 0
+                for name, value in zip(names, values[1:]):
+                    self.history.setdefault(name, []).append(value)
+                running, count, metrics = torch.zeros((), device=self.device), 0, {}
                 if bar is not None:
                     bar.set_postfix(self._postfix(), refresh=False)
             if self.eval_data is not None and ((self.eval_every and self.step % self.eval_every == 0)
@@ -362,6 +463,8 @@ class Trainer:
         loss = self.evaluate()
         self.history["eval_step"].append(self.step)
         self.history["eval_loss"].append(loss)
+        for name, value in self.last_eval_metrics.items():
+            self.history.setdefault("eval_" + name, []).append(value)
         if self.target_eval_loss is not None and loss <= self.target_eval_loss:
             self.reached_target = True
 

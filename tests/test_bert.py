@@ -287,3 +287,44 @@ def test_shared_layers_really_share():
         warnings.simplefilter("error")
         model(torch.tensor([[1, 2, 3]])).sum().backward()
     assert model.encoder[0].attn.q_proj.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- hidden states, positions, no sync
+
+def test_hidden_states_and_position_ids_match_hugging_face(hf_pretraining_folder):
+    from plmkit.models.common import EncoderOutput
+    from plmkit.models.outputs import ModelOutput
+    folder, hf = hf_pretraining_folder
+    ours = BertForPreTraining.from_pretrained(folder)
+    ids, mask, types = inputs(seed=9)
+    positions = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])[None].expand(3, 11)   # any order, repeats
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, position_ids=positions,
+                 output_hidden_states=True)
+        out = ours(ids, mask, types, positions, output_hidden_states=True)
+        enc = ours.bert(ids, mask, types, position_ids=positions[0], output_hidden_states=True)
+        plain = ours(ids, mask, types, positions)
+    assert isinstance(out, ModelOutput) and isinstance(enc, EncoderOutput)
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1 == len(ref.hidden_states)
+    real = mask.bool()
+    for got, want in zip(out.hidden_states, ref.hidden_states):                 # embeddings first
+        assert torch.allclose(got[real], want[real], atol=1e-5)
+    assert torch.allclose(out.logits[0][real], ref.prediction_logits[real], atol=1e-5)
+    assert torch.equal(out.logits[0], plain[0]) and torch.equal(out.logits[1], plain[1])
+    assert torch.equal(enc.last_hidden_state, enc.hidden_states[-1])
+    assert torch.allclose(enc.last_hidden_state[real], ref.hidden_states[-1][real], atol=1e-5)
+    with pytest.raises(ValueError, match="position_ids"):
+        ours(ids, position_ids=torch.full((3, 11), TINY["max_position_embeddings"]))
+    with pytest.raises(ValueError, match="position_ids"):
+        ours(ids, position_ids=torch.zeros(2, 11, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cls", [BertModel, BertForSequenceClassification, BertForQuestionAnswering])
+def test_forward_never_reads_tensor_values(cls):
+    """On the meta device a tensor has no values: any host read (a GPU sync) would raise here."""
+    with torch.device("meta"):
+        model = cls(BertConfig(**TINY)).eval()
+        ids = torch.randint(0, 99, (2, 7))
+        out = model(ids, torch.ones(2, 7, dtype=torch.long), torch.zeros(2, 7, dtype=torch.long),
+                    torch.arange(7), output_hidden_states=True)
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1

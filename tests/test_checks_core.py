@@ -108,3 +108,45 @@ def test_the_record_holds_no_pickle(tmp_path):
     raw = (tmp_path / "0.4.safetensors").read_bytes()
     assert b"\x80\x04" not in raw[:16]                       # not a pickle stream
     json.loads((tmp_path / "0.4.json").read_text())
+
+
+def test_patching_the_checker_in_the_kernel_cannot_forge_a_verdict(tmp_path, monkeypatch):
+    """The kernel side may patch anything; the grader judges in a process that never saw it."""
+    import subprocess
+    import sys
+
+    from plmkit.checks import _core as core
+    monkeypatch.setattr(core.Report, "check", lambda self, ok, reason: True)
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(torch.Tensor, "__eq__", lambda self, other: True)
+
+    def wrong(x, dim=-1):
+        return x * 0 + 1.0
+
+    warmup.check_softmax.record(wrong, seed=21, folder=tmp_path)
+    assert warmup.check_softmax.honour(wrong, seed=21).passed          # honour mode is the honour system
+    code = ("from plmkit import checks; v = checks.judge_recorded('0.1', 21, r'%s'); "
+            "print(v.passed); print(v.line)" % tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "False" and out.splitlines()[1].startswith("❌"), out
+
+
+def test_switching_the_detector_off_is_reported():
+    import sys
+
+    import plmkit.basics as basics
+
+    def sneaky(x, dim=-1):
+        sys.setprofile(None)
+        return basics.softmax(x, dim)
+
+    v = warmup.check_softmax.honour(sneaky, seed=4)
+    assert not v.passed and any("switched off" in r for r in v.reasons), v.text()
+
+
+def test_unrecordable_results_fail_their_exercise_only(tmp_path):
+    for bad in (lambda x, dim=-1: x.to(torch.complex64), lambda x, dim=-1: x.to(torch.float8_e4m3fn),
+                lambda x, dim=-1: torch.zeros(0)):
+        warmup.check_softmax.record(bad, seed=1, folder=tmp_path)
+        v = checks.judge_recorded("0.1", 1, tmp_path)
+        assert not v.passed and v.reasons, v.text()

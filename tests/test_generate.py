@@ -1,16 +1,17 @@
-"""Decoding against Hugging Face: the logits warpers, greedy search and beam search, on a tiny GPT."""
+"""Decoding against Hugging Face: the logits warpers, greedy search and beam search, on a tiny GPT;
+cached, static-cache and recompute decoding against each other and against full forward passes."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+import transformers
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from plmkit.generate import (apply_temperature, beam_score, beam_search_step, best_hypothesis, distinct_n, generate,
-                             sample_next, temperature_softmax, top_k_filter, top_p_filter)
+from plmkit.generate import (CachedState, DecoderState, GenerateOutput, apply_temperature, beam_score,
+                             beam_search_step, best_hypothesis, distinct_n, generate, positions_from_mask, sample_next,
+                             temperature_softmax, top_k_filter, top_p_filter)
 from plmkit.models import GPT, GPTConfig
-
-transformers = pytest.importorskip("transformers")
-from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,  # noqa: E402
-                                                    TopPLogitsWarper)
 
 V = 40
 
@@ -195,6 +196,8 @@ def test_context_is_cropped_to_the_block_size(models):
     assert out.shape == (1, 70)
     context = out[:, :-1][:, -64:]                              # the last 64 tokens before the last one
     assert int(generate(model, context, 1, temperature=0)[0, -1]) == int(out[0, -1])
+    for kw in (dict(use_cache=False), dict(static_cache=True)):  # the cache gives way to recomputing
+        assert torch.equal(generate(model, x, 10, temperature=0, **kw), out)
     with pytest.raises(ValueError, match="n_positions"):
         model(out)
 
@@ -233,3 +236,166 @@ def test_docstring_examples():
     import plmkit.generate
     failed, attempted = doctest.testmod(plmkit.generate)
     assert attempted > 0 and failed == 0
+
+
+# ----------------------------------------------------------------------------- caches, padding, log-probs
+
+def padded_prompts(seed, lengths=(6, 3, 1), pad=0):
+    """Left-padded random prompts (B, T) and their attention mask."""
+    T = max(lengths)
+    ids = torch.randint(V, (len(lengths), T), generator=torch.Generator().manual_seed(seed))
+    mask = torch.stack([torch.arange(T) >= T - n for n in lengths]).long()
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+def full_next_logits(model, seq, mask):
+    """The next-token logits (B, V) from one forward pass over the whole padded sequence."""
+    return model(seq, attention_mask=mask, position_ids=positions_from_mask(mask))[:, -1]
+
+
+@pytest.mark.parametrize("static", [False, True])
+@torch.no_grad()
+def test_cached_state_gives_the_full_forward_logits_at_every_step(models, static):
+    model, _ = models
+    ids, mask = padded_prompts(0)
+    state = CachedState(model, max_new_tokens=9, block_size=64, static=static)
+    logits = state.prefill(ids, mask)
+    g = torch.Generator().manual_seed(0)
+    for step in range(9):
+        assert torch.allclose(logits, full_next_logits(model, ids, mask), atol=1e-4), step
+        if step == 4:                               # beam search's reorder: rows move, one is duplicated
+            index = torch.tensor([2, 0, 0])
+            state.reorder(index)
+            ids, mask = ids[index], mask[index]
+        nxt = torch.randint(V, (3,), generator=g)
+        ids, mask = torch.cat([ids, nxt[:, None]], 1), F.pad(mask, (0, 1), value=1)
+        if step < 8:
+            logits = state.step(nxt)
+
+
+DECODINGS = [dict(temperature=0), dict(temperature=1.3, top_k=10, top_p=0.9), dict(temperature=0, stop_tokens=[5, 9]),
+             dict(num_beams=3, stop_tokens=[5, 9], length_penalty=0.5)]
+
+
+@pytest.mark.parametrize("kw", DECODINGS)
+def test_cached_static_and_recompute_decoding_give_identical_tokens(models, kw):
+    model, _ = models
+    for ids, mask in (padded_prompts(1), (prompts(2), None)):
+        outs = [generate(model, ids, 16, attention_mask=mask, generator=torch.Generator().manual_seed(3),
+                         use_cache=cache, static_cache=static, **kw)
+                for cache, static in ((False, False), (True, False), (True, True))]
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("kw", [dict(do_sample=False), dict(do_sample=False, eos_token_id=[5, 9]),
+                                dict(num_beams=3, do_sample=False, length_penalty=1.5, eos_token_id=[5, 9]),
+                                dict(num_beams=2, do_sample=False)])
+def test_left_padded_batch_matches_transformers(models, kw):
+    """One left-padded batch with attention_mask, token for token as transformers' generate."""
+    model, hf = models
+    ours_kw = dict(num_beams=kw.get("num_beams", 1), stop_tokens=kw.get("eos_token_id"),
+                   length_penalty=kw.get("length_penalty", 1.0), pad_token_id=1)
+    for seed in (4, 6):
+        ids, mask = padded_prompts(seed, pad=1)
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=12, pad_token_id=1,
+                          **{"eos_token_id": None, **kw})
+        if ours_kw["num_beams"] == 1:
+            ours_kw["temperature"] = 0
+        assert torch.equal(generate(model, ids, 12, attention_mask=mask, **ours_kw), ref)
+        # a list of ragged prompts is the same batch: rows come back without padding, cut after a stop
+        prompts_list = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        stops = kw.get("eos_token_id") or []
+        for row, ref_row, m in zip(generate(model, prompts_list, 12, **ours_kw), ref.tolist(), mask):
+            new = ref_row[mask.size(1):]
+            cut = next((i + 1 for i, t in enumerate(new) if t in stops), len(new))
+            assert row == ref_row[int((m == 0).sum()):mask.size(1)] + new[:cut]
+
+
+@pytest.mark.parametrize("kw", DECODINGS)
+@torch.no_grad()
+def test_logprobs_are_the_models_log_softmax_at_the_chosen_tokens(models, kw):
+    model, _ = models
+    ids, mask = padded_prompts(7)
+    res = generate(model, ids, 12, attention_mask=mask, return_logprobs=True,
+                   generator=torch.Generator().manual_seed(1), **{"pad_token_id": 1, **kw})
+    assert isinstance(res, GenerateOutput)
+    seqs, T0 = res.sequences, ids.size(1)
+    N = seqs.size(1) - T0
+    assert res.logprobs.shape == (3, N)
+    full_mask = F.pad(mask, (0, N), value=1)
+    logits = model(seqs, attention_mask=full_mask, position_ids=positions_from_mask(full_mask))
+    expected = torch.log_softmax(logits[:, T0 - 1:-1], -1).gather(-1, seqs[:, T0:, None])[..., 0]   # (B, N)
+    stops = torch.tensor(kw.get("stop_tokens", []), dtype=torch.long)
+    ended_before = torch.isin(seqs[:, T0:], stops).long().cumsum(1) - torch.isin(seqs[:, T0:], stops).long() > 0
+    assert torch.allclose(res.logprobs[~ended_before], expected[~ended_before], atol=1e-4)
+    assert torch.equal(res.logprobs[ended_before], torch.zeros(int(ended_before.sum())))
+    assert (res.logprobs <= 0).all()
+    # list input: one log-prob per generated token of each (trimmed) row
+    listed = generate(model, [[3, 4, 5], [6]], 5, return_logprobs=True, temperature=0, stop_tokens=[9])
+    for row, prompt, lp in zip(listed.sequences, [[3, 4, 5], [6]], listed.logprobs):
+        assert len(lp) == len(row) - len(prompt)
+
+
+BOS, EOS = 8, 9
+
+
+class CopyState(DecoderState):
+    """A toy encoder–decoder: the "decoder" emits the source tokens after BOS, then EOS."""
+
+    def start_ids(self, input_ids, attention_mask):
+        return torch.full((input_ids.size(0), 1), BOS), torch.ones(input_ids.size(0), 1, dtype=torch.long)
+
+    def prefill(self, input_ids, attention_mask):
+        self.src, self.t = input_ids, input_ids.size(1) - attention_mask.sum(1)     # next source index
+        return self._logits()
+
+    def step(self, next_ids):
+        self.t = self.t + 1
+        return self._logits()
+
+    def reorder(self, index):
+        self.src, self.t = self.src[index], self.t[index]
+
+    def _logits(self):
+        T = self.src.size(1)
+        tok = torch.where(self.t < T, self.src.gather(1, self.t.clamp(max=T - 1)[:, None])[:, 0], EOS)
+        return F.one_hot(tok, 10).float() * 5
+
+
+class Copier(torch.nn.Module):
+    def decoder_state(self, *, use_cache, static_cache, max_new_tokens, block_size):
+        return CopyState()
+
+
+def test_an_encoder_decoder_state_plugs_into_the_same_loop():
+    src = [[1, 2, 3], [4], [5, 6]]
+    for kw in (dict(temperature=0), dict(num_beams=3)):
+        assert generate(Copier(), src, 6, stop_tokens=EOS, **kw) == [[BOS] + s + [EOS] for s in src]
+    out = generate(Copier(), torch.tensor([[0, 1, 2], [3, 4, 5]]), 6, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]),
+                   temperature=0, stop_tokens=EOS, return_logprobs=True)
+    assert out.sequences.tolist() == [[BOS, 1, 2, EOS, EOS], [BOS, 3, 4, 5, EOS]]    # padded after the stop
+    assert out.logprobs.shape == (2, 4) and out.logprobs[0, 3:].eq(0).all() and out.logprobs[1].lt(0).all()
+
+
+def test_new_arguments_raise_value_errors(models):
+    model, _ = models
+    x = prompts(0)
+    right_padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    for kw in (dict(attention_mask=right_padded), dict(attention_mask=torch.ones(2, 3)),
+               dict(attention_mask=torch.full((2, 4), 2)), dict(use_cache="yes"), dict(pad_token_id=-1),
+               dict(pad_token_id=V), dict(return_logprobs=1), dict(num_beams=2, length_penalty="long"),
+               dict(do_sample="yes"), dict(generator=0)):
+        with pytest.raises(ValueError):
+            generate(model, x, 3, **kw)
+    with pytest.raises(ValueError, match="attention_mask"):
+        generate(model, [[1, 2], [3]], 3, attention_mask=torch.ones(2, 2))
+
+    class Counter(torch.nn.Module):
+        def forward(self, ids):
+            return F.one_hot((ids + 1) % 10, 10).float() * 5
+
+    with pytest.raises(ValueError, match="static_cache"):
+        generate(Counter(), x % 10, 3, static_cache=True)
+    with pytest.raises(ValueError, match="padded"):
+        generate(Counter(), x % 10, 3, attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]))
+    assert generate(Counter(), [[1], [7, 8]], 2, temperature=0) == [[1, 2, 3], [7, 8, 9, 0]]   # by length

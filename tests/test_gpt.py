@@ -169,3 +169,85 @@ def test_docstring_examples(module):
     import importlib
     failed, attempted = doctest.testmod(importlib.import_module(module))
     assert attempted > 0 and failed == 0
+
+
+# ----------------------------------------------------------------------------- masks, positions, caches
+
+def _tiny_pair(tmp_path, seed=7):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**TINY)).eval()
+    model.save_pretrained(tmp_path)
+    return model, transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+
+
+def _left_padded(seed=0, lengths=(9, 5, 2), T=9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(61, (len(lengths), T), generator=g)
+    mask = torch.stack([torch.arange(T) >= T - n for n in lengths]).long()        # 0s then 1s
+    return ids, mask
+
+
+def test_hidden_states_match_transformers(tmp_path):
+    model, hf = _tiny_pair(tmp_path)
+    x = torch.randint(61, (2, 10))
+    with torch.no_grad():
+        ours = model(x, output_hidden_states=True)
+        ref = hf(x, output_hidden_states=True)
+    assert torch.equal(ours.logits, model(x))                          # same numbers as the plain call
+    assert len(ours.hidden_states) == len(ref.hidden_states) == TINY["n_layer"] + 1
+    for a, b in zip(ours.hidden_states, ref.hidden_states):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(ours.logits, ref.logits, atol=1e-4)
+
+
+def test_left_padded_batch_matches_transformers(tmp_path):
+    """attention_mask + Hugging Face's position rule: every real position as HF computes it."""
+    model, hf = _tiny_pair(tmp_path)
+    ids, mask = _left_padded()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        ref = hf(ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        real = mask.bool()
+        assert torch.allclose(ours.logits[real], ref.logits[real], atol=1e-4)
+        for a, b in zip(ours.hidden_states, ref.hidden_states):
+            assert torch.allclose(a[real], b[real], atol=1e-5)
+        # ...and each padded row equals that prompt alone, unpadded
+        for b, n in enumerate(mask.sum(-1).tolist()):
+            alone = model(ids[b:b + 1, -n:])[0]
+            assert torch.allclose(ours.logits[b, -n:], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_decoding_with_padding_equals_a_full_forward(static):
+    torch.manual_seed(8)
+    model = GPT(GPTConfig(**TINY)).eval()
+    ids, mask = _left_padded(seed=1, lengths=(12, 7, 3), T=12)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    real = mask.bool()
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, position_ids=pos)                    # (B, T, V)
+        caches = model.new_caches(batch_size=3, max_length=16, static=static)
+        chunks = [(0, 6)] + [(t, t + 1) for t in range(6, 12)]                      # a prompt, then token by token
+        for a, b in chunks:
+            m = mask if static else mask[:, :b]
+            if static:
+                m = torch.nn.functional.pad(mask, (0, 16 - 12), value=1)             # every slot of the buffer
+            out = model(ids[:, a:b], attention_mask=m, position_ids=pos[:, a:b], caches=caches,
+                        cache_position=torch.arange(a, b))
+            assert torch.allclose(out[real[:, a:b]], full[:, a:b][real[:, a:b]], atol=1e-5), (a, b)
+
+
+def test_forward_argument_errors():
+    model = GPT(GPTConfig(**TINY))
+    x = torch.randint(61, (2, 5))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(x, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="position_ids"):
+        model(x, position_ids=torch.full((2, 5), 24))
+    with pytest.raises(ValueError, match="position_ids"):
+        model(x, position_ids=torch.zeros(3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="cache_position"):
+        model(x, caches=model.new_caches(), cache_position=torch.arange(4))
+    with pytest.raises(ValueError, match="max_length"):
+        model.new_caches(batch_size=2, static=True)

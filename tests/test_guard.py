@@ -100,3 +100,26 @@ def test_code_objects_unwrap():
     assert pn.LayerNorm.forward.__code__ in code_objects(pn.LayerNorm)
     with pytest.raises(TypeError):
         Guard([Rule("nothing", [42])])
+
+
+@torch.no_grad()
+def decorated_reference(x):
+    return x * 2
+
+
+@torch.no_grad()
+def innocent(x):
+    return x + 1
+
+
+def test_decorated_targets_are_unwrapped():
+    """@torch.no_grad() functions share one wrapper code object: only the inner code may be watched."""
+    rule = Rule("the decorated reference", [decorated_reference])
+    assert seen(innocent, rule) == []
+    assert seen(decorated_reference, rule) == ["the decorated reference"]
+    assert seen(functools.partial(decorated_reference), rule) == ["the decorated reference"]
+    assert seen(lambda x: decorated_reference(x), Rule("x", [torch.softmax]), allow=[innocent]) == []
+    # allowing one decorated function must not allow every decorated function
+    with Guard([rule], allow=[innocent]) as g:
+        decorated_reference(torch.zeros(2))
+    assert g.seen == ["the decorated reference"]

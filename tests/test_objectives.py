@@ -171,3 +171,36 @@ def test_pair_inputs_match_bert_tokenizer_layout(tmp_path):
     assert types == tok.create_token_type_ids_from_sequences(a, b)
     ids, types = pair_inputs(list(range(5, 15)), [20, 21], cls_id=1, sep_id=2, max_len=9)
     assert len(ids) == 9 and ids[-3:] == [20, 21, 2] and types.count(1) == 3
+
+
+def _old_mask_tokens(ids, mask_id, vocab_size, special_ids, p, generator):
+    """mask_tokens as it was before the GPU fix (CPU draws, boolean-index writes): the CPU reference."""
+    rand = lambda: torch.rand(ids.shape, generator=generator)                          # noqa: E731
+    special = torch.isin(ids, torch.tensor(list(special_ids)))
+    selected = (rand() < p) & ~special
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    u = rand()
+    to_mask, to_random = selected & (u < 0.8), selected & (u >= 0.8) & (u < 0.9)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator, dtype=ids.dtype)
+    masked = ids.clone()
+    masked[to_mask] = mask_id
+    masked[to_random] = random_ids[to_random]
+    return masked, labels
+
+
+def test_mask_tokens_gives_the_same_cpu_masks_as_before():
+    ids = batch(B=8, T=64, seed=5)
+    for seed in range(3):
+        new = mask_tokens(ids, MASK, V, SPECIAL, mlm_probability=0.3, generator=torch.Generator().manual_seed(seed))
+        old = _old_mask_tokens(ids, MASK, V, SPECIAL, 0.3, torch.Generator().manual_seed(seed))
+        assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+    int32 = mask_tokens(ids.int(), MASK, V, SPECIAL, generator=torch.Generator().manual_seed(0))
+    assert int32[0].dtype == torch.int32
+
+
+def test_mask_tokens_draws_on_the_ids_device_and_never_reads_values():
+    """On the meta device there are no values: a host read (a GPU sync) or a CPU draw would fail or show."""
+    ids = batch(B=4, T=32).to("meta")
+    masked, labels = mask_tokens(ids, MASK, V, SPECIAL)
+    assert masked.device.type == labels.device.type == "meta"
+    assert masked.shape == labels.shape == ids.shape and masked.dtype == ids.dtype

@@ -188,3 +188,120 @@ def test_docstring_examples():
     import plmkit.train
     failed, attempted = doctest.testmod(plmkit.train)
     assert attempted > 0 and failed == 0
+
+
+# ----------------------------------------------------------------------------- hooks for RL and preference loops
+
+def test_loss_fn_metrics_enter_history_averaged_like_the_loss():
+    data = batches(4)
+
+    def loss_fn(model, batch):
+        loss = lm_loss(model, batch)
+        x, y = batch
+        acc = (model(x).argmax(-1) == y).float().mean()
+        return loss, {"accuracy": acc, "constant": 2.0}
+
+    model = tiny_gpt()
+    trainer = Trainer(model, data, loss_fn=loss_fn, eval_data=batches(3, seed=4), eval_every=3, max_steps=6,
+                      log_every=3, grad_accum_steps=2, precision="fp32", progress=False, device="cpu")
+    # The hand-made reference: the same model, the same batches, the same steps.
+    ref = tiny_gpt()
+    opt = Trainer(ref, data, max_steps=6, grad_accum_steps=2, precision="fp32", progress=False, device="cpu")
+    expected = []
+    for step in range(6):
+        accs = []
+        for j in range(2):
+            x, y = data[(2 * step + j) % 4]
+            with torch.no_grad():
+                accs.append((ref(x).argmax(-1) == y).float().mean().item())
+        expected.append(sum(accs) / 2)
+        opt.train_step()
+    history = trainer.fit()
+    assert history["step"] == [3, 6]
+    assert history["accuracy"] == pytest.approx([sum(expected[:3]) / 3, sum(expected[3:]) / 3], abs=1e-6)
+    assert history["constant"] == [2.0, 2.0]
+    assert len(history["eval_accuracy"]) == len(history["eval_step"]) == 2
+    assert history["eval_constant"] == [2.0, 2.0]
+    assert set(trainer.last_eval_metrics) == {"accuracy", "constant"}
+
+    for bad in ({"loss": 1.0}, {"eval_x": 1.0}, {"v": torch.ones(2)}):
+        t = Trainer(tiny_gpt(), data, loss_fn=lambda m, b, bad=bad: (lm_loss(m, b), bad), max_steps=1,
+                    progress=False, device="cpu")
+        with pytest.raises(ValueError, match="metric"):
+            t.fit()
+    t = Trainer(tiny_gpt(), data, loss_fn=lambda m, b: (lm_loss(m, b), {}, 1), max_steps=1, progress=False,
+                device="cpu")
+    with pytest.raises(ValueError, match="pair"):
+        t.fit()
+
+
+def test_backward_and_optimizer_step_drive_a_custom_loop_like_fit():
+    data = batches(6)
+    kw = dict(max_steps=6, warmup_steps=2, grad_clip=0.3, precision="fp32", progress=False, device="cpu")
+    a, b = tiny_gpt(), tiny_gpt()
+    Trainer(a, data, **kw).fit()
+    trainer = Trainer(b, data, **kw)
+    norms = []
+    for step in range(6):                                 # e.g. a PPO epoch over stored samples
+        b.train()
+        trainer.backward(lm_loss(b, data[step]))
+        norms.append(trainer.optimizer_step())
+    assert trainer.step == 6 and all(p.grad is None for p in b.parameters())
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    assert all(isinstance(n, torch.Tensor) and n.ndim == 0 and n > 0 for n in norms)
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(3e-4 * 0.1)
+    with pytest.raises(ValueError, match="scalar"):
+        trainer.backward(torch.ones(2, requires_grad=True))
+
+
+def test_frozen_reference_stays_in_eval_mode_without_gradients():
+    class PolicyWithReference(torch.nn.Module):          # a DPO-style setting: the reference inside the model
+        def __init__(self):
+            super().__init__()
+            self.policy = tiny_gpt(dropout=0.2)
+            self.ref = tiny_gpt(seed=1, dropout=0.2)
+
+        def forward(self, x):
+            return self.policy(x)
+
+    model = PolicyWithReference()
+    ref_before = {k: v.clone() for k, v in model.ref.state_dict().items()}
+    modes = []
+
+    def loss_fn(m, batch):
+        x, y = batch
+        modes.append((m.policy.training, m.ref.training))
+        ref_logits = m.ref(x)                             # dropout would make these differ between calls
+        assert torch.equal(ref_logits, m.ref(x))
+        return lm_loss(m, batch) + 0.0 * ref_logits.sum(), {"ref_mean": ref_logits.mean()}
+
+    trainer = Trainer(model, batches(3), loss_fn=loss_fn, frozen=[model.ref], eval_data=batches(1),
+                      eval_every=2, max_steps=4, precision="fp32", progress=False, device="cpu")
+    trainer.fit()
+    assert (True, False) in modes and (False, False) in modes and all(not r for _, r in modes)
+    assert all(not p.requires_grad for p in model.ref.parameters())
+    assert all(p.device == trainer.device for p in model.ref.parameters())
+    for k, v in model.ref.state_dict().items():
+        assert torch.equal(v, ref_before[k]), k
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in model.ref.parameters()}
+    assert optimised == {id(p) for p in model.policy.parameters()}
+    with pytest.raises(ValueError, match="frozen"):
+        Trainer(model, batches(1), frozen=[model], max_steps=1, progress=False, device="cpu")
+
+
+def test_evaluation_reads_the_device_once(monkeypatch):
+    trainer = Trainer(tiny_gpt(), batches(1), eval_data=batches(5, seed=3), max_steps=1, progress=False,
+                      device="cpu")
+    reads = []        # (int() is left alone: the CPU-only token-id check reads ids with it, never on a GPU)
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=original, _n=name: (reads.append(_n), _o(self, *a))[1])
+    loss = trainer.evaluate()
+    monkeypatch.undo()
+    assert reads == ["tolist"]
+    with torch.no_grad():
+        manual = sum(lm_loss(trainer.model, b).item() for b in batches(5, seed=3)) / 5
+    assert loss == pytest.approx(manual, abs=1e-6)

@@ -75,6 +75,8 @@ class NotPlain(TypeError):
 
 
 _SCALARS = (bool, int, float, str, type(None))
+_RECORDABLE = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+               torch.bfloat16, torch.float32, torch.float64}             # what safetensors stores
 
 
 def to_plain(value: Any, depth: int = 0) -> Any:
@@ -91,13 +93,16 @@ def to_plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, torch.Tensor):
         if t not in (torch.Tensor, torch.nn.Parameter):
             raise NotPlain(f"a {t.__name__} (a subclass of torch.Tensor); return a plain torch.Tensor")
-        if value.layout != torch.strided:
-            raise NotPlain(f"a tensor with layout {value.layout}; return a dense tensor")
-        return _PlainTensor.of(value)
+        if value.layout != torch.strided or value.device.type == "meta":
+            raise NotPlain(f"a tensor with layout {value.layout} on {value.device}; return a dense tensor")
+        if value.dtype not in _RECORDABLE:
+            raise NotPlain(f"a tensor of dtype {value.dtype}; expected bool, an integer dtype or "
+                           f"float16 / bfloat16 / float32 / float64")
+        return _plain_tensor(value)
     if isinstance(value, bool):
         return bool(value)
-    if isinstance(value, int):                         # int subclasses, numpy ints via __index__
-        return int.__index__(value) if isinstance(value, int) else int(value)
+    if isinstance(value, int):                         # int subclasses become the real int
+        return int.__index__(value)
     if isinstance(value, float):
         return float.__float__(value)
     if isinstance(value, str):
@@ -119,17 +124,11 @@ def to_plain(value: Any, depth: int = 0) -> Any:
                    f"tuples, dicts)")
 
 
-class _PlainTensor:
-    """Namespace: the one way a tensor becomes plain data (detached CPU copy + its metadata)."""
-
-    @staticmethod
-    def of(t: torch.Tensor) -> torch.Tensor:
-        with torch._C.DisableTorchFunctionSubclass():
-            copy = t.detach().to("cpu", copy=True).contiguous()
-        copy = copy.as_subclass(torch.Tensor) if type(copy) is not torch.Tensor else copy
-        copy.__dict__["plmkit_meta"] = {"requires_grad": bool(t.requires_grad),
-                                        "device": str(t.device)}
-        return copy
+def _plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The one way a tensor becomes plain data: a detached, contiguous CPU copy, plus where it came from."""
+    copy = t.detach().to("cpu", copy=True).contiguous()
+    copy.__dict__["plmkit_meta"] = {"requires_grad": bool(t.requires_grad), "device": str(t.device)}
+    return copy
 
 
 def tensor_meta(t: torch.Tensor) -> dict:
@@ -409,6 +408,9 @@ class Report:
                 self.fail(f"{what} raised {raised}")
             return None
         v = rec.get("value")
+        if v is None:
+            self.fail(f"{what} returned None: did you forget the `return`?")
+            return None
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
             names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.fail(f"{what}: expected {names}, got {_type_name(v)}")
@@ -632,6 +634,8 @@ class Exercise:
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")
+        if not r.failures and r.total == 0:
+            r.fail("nothing could be checked")
         if not r.failures:
             return Verdict(True, f"{PASS} {self.head}: {r.total}/{r.total} checks passed")
         passed = max(r.total - len(r.failures), 0)
@@ -665,7 +669,12 @@ class Exercise:
             meta, tensors = encode({**record, "results": None, "probe_error": f"NotPlain: {e}"})
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        try:
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        except Exception as e:  # noqa: BLE001 - an unrecordable result fails its exercise, not the cell
+            meta, tensors = encode({**record, "results": None,
+                                    "probe_error": f"the results could not be recorded: {type(e).__name__}: {e}"})
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
         (folder / f"{self.exercise}.json").write_text(json.dumps(meta))
         line = f"{RECORDED} {self.head}: answers recorded for grading"
         print(line)

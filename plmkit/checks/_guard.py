@@ -79,7 +79,13 @@ class Rule:
 
 
 def code_objects(target: Any) -> list[types.CodeType]:
-    """The code objects that running `target` executes first (empty for C functions)."""
+    """The code objects that running `target` executes (empty for C functions).
+
+    Decorated functions are unwrapped (``__wrapped__``): every ``@torch.no_grad()``
+    function shares one wrapper code object, which must never be watched itself.
+    """
+    if callable(target) and hasattr(target, "__wrapped__") and not inspect.isclass(target):
+        target = inspect.unwrap(target)
     if isinstance(target, functools.partial):
         return code_objects(target.func)
     if isinstance(target, (staticmethod, classmethod)):

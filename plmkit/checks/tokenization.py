@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-import torch
-
 from ..tokenize import bpe as _bpe
 from ..tokenize import wordpiece as _wp
 from ._core import Exercise

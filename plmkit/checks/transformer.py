@@ -19,13 +19,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import nn as pn
 from ..nn import attention as _attn
 from ..nn import blocks as _blocks
 from ..nn import norms as _norms
 from ..nn import positional as _pos
 from ._core import Exercise, reference_grads
-from ._guard import Rule, aten, aten_ops
+from ._guard import Rule, aten_ops
 
 SDPA = Rule("`F.scaled_dot_product_attention`",
             [F.scaled_dot_product_attention, *aten_ops(

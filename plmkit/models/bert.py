@@ -18,10 +18,17 @@ into V × E plus an E → H projection, and ``share_layers=True`` runs ONE encod
 block L times. :func:`parameter_count` gives the count by formula.
 
 Checkpoints: ``from_pretrained(folder)`` / ``save_pretrained(folder)`` read and
-write Hugging Face BERT folders (``config.json`` + ``model.safetensors``). The
-table ``_HF_LAYER_NAMES`` below is the whole translation between Hugging Face's
-parameter names and ours; a ``bert.`` prefix (pre-training checkpoints) is
-accepted.
+write Hugging Face BERT folders (``config.json`` + ``model.safetensors``)
+through :mod:`plmkit.models.hub`. The table ``_HF_KEYS`` below is the whole
+translation between Hugging Face's parameter names and ours; a ``bert.``
+prefix (pre-training checkpoints) is accepted.
+
+Every forward takes ``(input_ids, attention_mask=None, token_type_ids=None,
+position_ids=None, *, output_hidden_states=False)``; with
+``output_hidden_states=True`` it returns an object whose ``hidden_states``
+lists the embedding output and then each layer's output (Hugging Face's
+convention). Inputs are validated without a host-device sync on a GPU, and
+the attention mask is built once per forward.
 
 Letters in the shape comments: B batch, T time (sequence length), H hidden
 width, E embedding width (= H in BERT), V vocabulary, K number of labels.
@@ -29,7 +36,6 @@ width, E embedding width (= H in BERT), V vocabulary, K number of labels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -39,15 +45,16 @@ import torch
 from torch import nn
 
 from ..nn import EncoderBlock, LayerNorm, activation_fn, padding_mask
+from ..nn.validation import check_token_ids, values_readable
+from . import hub
+from .common import EncoderOutput, init_weights_
+from .outputs import ModelOutput
 
 __all__ = [
     "BertConfig", "BertEmbeddings", "BertModel", "BertPooler", "BertLMHead",
     "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
     "BertForTokenClassification", "BertForQuestionAnswering", "parameter_count", "PRESETS", "mean_pool",
 ]
-
-# Hugging Face's `hidden_act` names -> plmkit.nn activation names.
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 @dataclass
@@ -88,8 +95,7 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"num_attention_heads must divide hidden_size={self.hidden_size}, "
                              f"got {self.num_attention_heads}")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
+        hub.activation_from_hf(self.hidden_act, "hidden_act")       # ValueError for an unknown name
         if self.embedding_size is not None and (not isinstance(self.embedding_size, int) or self.embedding_size < 1):
             raise ValueError(f"embedding_size must be None or a positive int, got {self.embedding_size!r}")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
@@ -196,26 +202,34 @@ class BertEmbeddings(nn.Module):
         self.drop = nn.Dropout(config.hidden_dropout_prob)
         self.project = nn.Linear(E, H) if E != H else nn.Identity()     # ALBERT's factorisation
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {getattr(input_ids, 'shape', input_ids)!r}")
         B, T = input_ids.shape
         if T > c.max_position_embeddings:
             raise ValueError(f"input_ids has {T} positions; this model has max_position_embeddings="
                              f"{c.max_position_embeddings}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= c.vocab_size):
-            raise ValueError(f"input_ids must be token ids in [0, vocab_size={c.vocab_size}), got values "
-                             f"from {int(input_ids.min())} to {int(input_ids.max())}")
+        # Value checks read the ids on the host: only where that costs no GPU sync (plmkit.nn.validation).
+        check_token_ids(input_ids, c.vocab_size, "input_ids", "vocab_size")
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        elif token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(token_type_ids.shape)}")
-        elif token_type_ids.numel() and (token_type_ids.min() < 0 or token_type_ids.max() >= c.type_vocab_size):
-            raise ValueError(f"token_type_ids must be in [0, type_vocab_size={c.type_vocab_size})")
-        positions = torch.arange(T, device=input_ids.device)              # (T,)
-        x = self.word(input_ids) + self.position(positions) + self.segment(token_type_ids)   # (B, T, E)
+            segment = self.segment.weight[0]                              # (E,): every token in segment 0
+        else:
+            if not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != input_ids.shape:
+                raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {getattr(token_type_ids, 'shape', token_type_ids)!r}")
+            check_token_ids(token_type_ids, c.type_vocab_size, "token_type_ids", "type_vocab_size")
+            segment = self.segment(token_type_ids)                        # (B, T, E)
+        if position_ids is None:
+            position = self.position.weight[:T]                          # (T, E): positions 0 .. T-1
+        else:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((B, T), (1, T), (T,)):
+                raise ValueError(f"position_ids must have shape (B, T) = ({B}, {T}) or (T,), got "
+                                 f"{getattr(position_ids, 'shape', position_ids)!r}")
+            check_token_ids(position_ids, c.max_position_embeddings, "position_ids", "max_position_embeddings")
+            position = self.position(position_ids)                        # (B|1, T, E) or (T, E)
+        x = self.word(input_ids) + position + segment                     # (B, T, E)
         return self.project(self.drop(self.norm(x)))                      # (B, T, H)
 
 
@@ -230,40 +244,62 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))                       # (B, H)
 
 
+# One encoder: Hugging Face BertModel name -> plmkit BertModel name ({i}: the layer).
+_HF_LAYER_NAMES = {                       # plmkit.nn.EncoderBlock -> Hugging Face BertLayer
+    "attn.q_proj": "attention.self.query",
+    "attn.k_proj": "attention.self.key",
+    "attn.v_proj": "attention.self.value",
+    "attn.out_proj": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "ffn.fc1": "intermediate.dense",
+    "ffn.fc2": "output.dense",
+    "norm2": "output.LayerNorm",
+}
+_HF_KEYS = [
+    ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
+    ("embeddings.position_embeddings.weight", "embeddings.position.weight"),
+    ("embeddings.token_type_embeddings.weight", "embeddings.segment.weight"),
+    ("embeddings.LayerNorm.weight", "embeddings.norm.weight"),
+    ("embeddings.LayerNorm.bias", "embeddings.norm.bias"),
+    *[(f"encoder.layer.{{i}}.{theirs}.{p}", f"encoder.{{i}}.{ours}.{p}")
+      for ours, theirs in _HF_LAYER_NAMES.items() for p in ("weight", "bias")],
+    ("pooler.dense.weight", "pooler.dense.weight"),
+    ("pooler.dense.bias", "pooler.dense.bias"),
+]
+# Names Hugging Face files may hold that no plmkit weight reads: a buffer, and copies of tied weights.
+_HF_IGNORE = ["*embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"]
+
+
 class _Base(nn.Module):
-    """Weight initialisation and Hugging Face checkpoint loading/saving shared by every BERT class."""
+    """Weight initialisation and Hugging Face checkpoint loading/saving shared by every BERT class.
+
+    A subclass says what it adds to the encoder: ``_head_keys`` (its rules for
+    :class:`plmkit.models.hub.KeyMap`, outside the ``bert.`` encoder) and
+    ``_tied`` (its weights that are another weight).
+    """
 
     config: BertConfig
     _hf_architecture = "BertModel"
     _uses_pooler = True           # token classification and QA read every position, not the pooled [CLS]
+    _head_keys: list = []
+    _tied: tuple = ()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        """BERT's initialisation of `module` and everything in it: N(0, 0.02) weights, zero biases."""
+        init_weights_(module, self.config.initializer_range)
 
     # -- Hugging Face names ------------------------------------------------------
+    def _encoder(self) -> "BertModel":
+        return self if isinstance(self, BertModel) else self.bert
+
+    def _keymap(self) -> hub.KeyMap:
+        prefix = "" if isinstance(self, BertModel) else "bert."
+        rules = [(prefix + theirs, prefix + ours) for theirs, ours in _HF_KEYS] + list(self._head_keys)
+        return hub.KeyMap(rules, len(self._encoder().encoder), tied=self._tied, ignore=_HF_IGNORE)
+
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights under Hugging Face's names (tied and shared copies listed once)."""
-        out = {}
-        for ours, tensor in self.state_dict().items():
-            theirs = self._to_hf(ours)
-            if theirs is not None:
-                out[theirs] = tensor
-        return out
-
-    def _to_hf(self, key: str) -> str | None:
-        return _bert_key_to_hf(key)
+        return hub.hf_state_dict(self, self._keymap())
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights named as in a Hugging Face BERT checkpoint (with or without the ``bert.`` prefix).
@@ -273,36 +309,24 @@ class _Base(nn.Module):
         head on a pre-trained encoder); checkpoint weights this class has no use
         for (an MLM head when loading a BertModel) are ignored.
         """
-        # Accept both "bert.encoder..." (pre-training / task checkpoints) and "encoder..." (BertModel).
-        if not any(k.startswith("bert.") for k in state):
+        if isinstance(self, BertModel):          # "bert.encoder..." -> "encoder..."; heads are then ignored
+            state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
+        else:                                    # "encoder..." (a BertModel folder) -> "bert.encoder..."
             state = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v
                      for k, v in state.items()}
         if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
             state["cls.predictions.bias"] = state["cls.predictions.decoder.bias"]
-        wanted = {}
-        for ours in self.state_dict():
-            theirs = self._to_hf(ours)
-            if theirs is not None:
-                wanted[ours] = "bert." + theirs if isinstance(self, BertModel) else theirs
-        missing = [theirs for theirs in wanted.values() if theirs not in state]
-        # The pooler is optional: Hugging Face's token-classification and QA models have none.
-        base_missing = [k for k in missing if k.startswith("bert.") and not k.startswith("bert.pooler.")]
-        if base_missing:
-            raise ValueError(f"the checkpoint lacks {len(base_missing)} encoder weights, e.g. "
-                             f"{base_missing[:3]}: is it a BERT checkpoint with this config?")
+        keymap = self._keymap()
+        # The pooler is optional (Hugging Face's token-classification and QA models have none), and so is
+        # every head; encoder weights are not.
+        optional = [k for k in self.state_dict()
+                    if k.startswith(("pooler.", "bert.pooler.")) or not k.startswith(("bert.", "embeddings.", "encoder."))]
+        new = hub.load_hf_state(self, state, keymap, optional=optional, unexpected="ignore")
         if not self._uses_pooler:
-            missing = [k for k in missing if not k.startswith("bert.pooler.")]
-        if missing:
-            warnings.warn(f"{type(self).__name__}: newly initialised (not in the checkpoint): {missing}")
-        new_state = self.state_dict()
-        for ours, theirs in wanted.items():
-            if theirs in state:
-                t = state[theirs]
-                if tuple(t.shape) != tuple(new_state[ours].shape):
-                    raise ValueError(f"checkpoint weight {theirs} has shape {tuple(t.shape)}, "
-                                     f"the model expects {tuple(new_state[ours].shape)}")
-                new_state[ours] = t.to(new_state[ours].dtype)
-        self.load_state_dict(new_state)
+            new = [k for k in new if not k.startswith(("pooler.", "bert.pooler."))]
+        if new:
+            warnings.warn(f"{type(self).__name__}: newly initialised (not in the checkpoint): "
+                          f"{[keymap.hf_name(k) for k in new]}")
         self._tie()
 
     def _tie(self) -> None:
@@ -315,33 +339,27 @@ class _Base(nn.Module):
 
         `overrides` replace config values (e.g. ``num_labels=3``, ``hidden_dropout_prob=0.0``).
         """
-        from safetensors.torch import load_file
-        path = os.fspath(path)
-        cfg_file, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for f in (cfg_file, weights):
-            if not os.path.isfile(f):
-                raise ValueError(f"path must be a folder with config.json and model.safetensors; {f} is missing")
-        with open(cfg_file) as fh:
-            d = json.load(fh)
+        d, state = hub.read_folder(path)
         if d.get("model_type", "bert") != "bert":
             raise ValueError(f"path holds a {d.get('model_type')!r} checkpoint; this class reads 'bert' ones")
         model = cls(BertConfig.from_dict(d, **overrides))
-        model.load_hf_state_dict(load_file(weights))
+        model.load_hf_state_dict(state)
         return model.eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` that Hugging Face's ``from_pretrained`` reads."""
-        from safetensors.torch import save_file
         c = self.config
         if c.share_layers or c.embedding_width != c.hidden_size:
             raise ValueError("the ALBERT variant (share_layers / embedding_size) has no Hugging Face BERT format; "
                              "save it with torch.save(model.state_dict(), ...)")
-        os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.hf_state_dict().items()}
-        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         cfg = {**c.to_dict(), "architectures": [self._hf_architecture], "torch_dtype": "float32"}
-        with open(os.path.join(path, "config.json"), "w") as fh:
-            json.dump(cfg, fh, indent=2, sort_keys=True)
+        hub.write_folder(path, cfg, self.hf_state_dict())
+
+    def _output(self, result, encoded, output_hidden_states: bool):
+        """`result` as it is, or with the hidden states of `encoded` (an EncoderOutput) when asked."""
+        if not output_hidden_states:
+            return result
+        return ModelOutput(logits=result, hidden_states=encoded.hidden_states)
 
 
 class BertModel(_Base):
@@ -349,7 +367,11 @@ class BertModel(_Base):
 
     `attention_mask` (B, T) holds 1 for real tokens and 0 for padding; padded
     positions are never attended to (their own outputs are meaningless).
-    ``model.pooler(hidden)`` gives the (B, H) [CLS] sentence vector.
+    `position_ids` (B, T) or (T,) picks each token's position embedding
+    (default 0 .. T-1). ``model.pooler(hidden)`` gives the (B, H) [CLS] sentence
+    vector. With ``output_hidden_states=True`` the result is an
+    :class:`~plmkit.models.common.EncoderOutput`: ``last_hidden_state`` and
+    ``hidden_states`` (L + 1 tensors (B, T, H), the embeddings' output first).
 
     >>> cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
     ...                  intermediate_size=64)
@@ -357,6 +379,8 @@ class BertModel(_Base):
     >>> h = model(torch.tensor([[1, 5, 6, 2, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
     >>> tuple(h.shape)
     (1, 5, 32)
+    >>> len(model(torch.tensor([[1, 5]]), output_hidden_states=True).hidden_states)   # embeddings + 2 layers
+    3
     """
 
     def __init__(self, config: BertConfig):
@@ -364,63 +388,38 @@ class BertModel(_Base):
         self.config = config
         c = config
         self.embeddings = BertEmbeddings(c)
+        act = hub.activation_from_hf(c.hidden_act, "hidden_act")
 
         def block():
             return EncoderBlock(c.hidden_size, c.num_attention_heads, c.intermediate_size, dropout=c.hidden_dropout_prob,
-                                norm_first=False, activation=_ACTIVATIONS[c.hidden_act], eps=c.layer_norm_eps)
+                                norm_first=False, activation=act, eps=c.layer_norm_eps)
 
         # ALBERT: one block, applied num_hidden_layers times. BERT: num_hidden_layers blocks.
         self.encoder = nn.ModuleList([block() for _ in range(1 if c.share_layers else c.num_hidden_layers)])
         self.pooler = BertPooler(c)
-        self.apply(self._init_weights)
+        self._init_weights(self)
 
     def blocks(self):
         """The block applied at each of the num_hidden_layers steps (the same one L times in ALBERT)."""
         return [self.encoder[0 if self.config.share_layers else i] for i in range(self.config.num_hidden_layers)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)                    # (B, T, H)
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                output_hidden_states: bool = False):
+        x = self.embeddings(input_ids, token_type_ids, position_ids)      # (B, T, H)
         mask = None
         if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
                 raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            mask = padding_mask(attention_mask)                           # (B, 1, 1, T) bool, True = attend
+                                 f"got {getattr(attention_mask, 'shape', attention_mask)!r}")
+            mask = padding_mask(attention_mask)                           # (B, 1, 1, T) bool, once per forward
+        hidden = [x]
         for block in self.blocks():
             x = block(x, mask=mask)                                       # (B, T, H)
+            hidden.append(x)
+        if output_hidden_states:
+            return EncoderOutput(last_hidden_state=x, hidden_states=hidden)
         return x
-
-
-def _bert_key_to_hf(key: str) -> str | None:
-    """plmkit name of an encoder weight → Hugging Face ``BertModel`` name (None: not in HF's format)."""
-    parts = key.split(".")
-    if parts[0] == "embeddings":
-        name = {"word": "word_embeddings", "position": "position_embeddings",
-                "segment": "token_type_embeddings", "norm": "LayerNorm"}.get(parts[1])
-        return None if name is None else ".".join(["embeddings", name, *parts[2:]])
-    if parts[0] == "encoder":
-        i, rest = parts[1], ".".join(parts[2:])
-        for ours, theirs in _HF_LAYER_NAMES.items():
-            if rest.startswith(ours + "."):
-                return f"encoder.layer.{i}.{theirs}{rest[len(ours):]}"
-        return None
-    if parts[0] == "pooler":
-        return key
-    return None
-
-
-# One encoder layer: plmkit.nn.EncoderBlock name -> Hugging Face BertLayer name.
-_HF_LAYER_NAMES = {
-    "attn.q_proj": "attention.self.query",
-    "attn.k_proj": "attention.self.key",
-    "attn.v_proj": "attention.self.value",
-    "attn.out_proj": "attention.output.dense",
-    "norm1": "attention.output.LayerNorm",
-    "ffn.fc1": "intermediate.dense",
-    "ffn.fc2": "output.dense",
-    "norm2": "output.LayerNorm",
-}
 
 
 class BertLMHead(nn.Module):
@@ -436,7 +435,7 @@ class BertLMHead(nn.Module):
         super().__init__()
         E = config.embedding_width
         self.dense = nn.Linear(config.hidden_size, E)
-        self.act = activation_fn(_ACTIVATIONS[config.hidden_act])
+        self.act = activation_fn(hub.activation_from_hf(config.hidden_act, "hidden_act"))
         self.norm = LayerNorm(E, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(E, config.vocab_size, bias=False)
         self.decoder.weight = word_embeddings.weight                     # tied: (V, E)
@@ -451,6 +450,7 @@ class BertForPreTraining(_Base):
 
     NSP label 0 means "B follows A" (IsNext), 1 "B is random" (NotNext), as in
     Hugging Face. For ALBERT the same head predicts sentence order (SOP).
+    With ``output_hidden_states=True``: a ModelOutput whose ``logits`` is that pair.
 
     >>> cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
     ...                  intermediate_size=64)
@@ -460,6 +460,16 @@ class BertForPreTraining(_Base):
     """
 
     _hf_architecture = "BertForPreTraining"
+    _head_keys = [
+        ("cls.predictions.transform.dense.weight", "mlm.dense.weight"),
+        ("cls.predictions.transform.dense.bias", "mlm.dense.bias"),
+        ("cls.predictions.transform.LayerNorm.weight", "mlm.norm.weight"),
+        ("cls.predictions.transform.LayerNorm.bias", "mlm.norm.bias"),
+        ("cls.predictions.bias", "mlm.bias"),
+        ("cls.seq_relationship.weight", "nsp.weight"),
+        ("cls.seq_relationship.bias", "nsp.bias"),
+    ]
+    _tied = ("mlm.decoder.weight",)                                       # is bert.embeddings.word.weight
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -467,29 +477,20 @@ class BertForPreTraining(_Base):
         self.bert = BertModel(config)
         self.mlm = BertLMHead(config, self.bert.embeddings.word)
         self.nsp = nn.Linear(config.hidden_size, 2)
-        self.mlm.apply(self._init_weights)
-        self.nsp.apply(self._init_weights)
+        self._init_weights(self.mlm)
+        self._init_weights(self.nsp)
         self._tie()
 
     def _tie(self) -> None:
         self.mlm.decoder.weight = self.bert.embeddings.word.weight
 
-    def _to_hf(self, key: str) -> str | None:
-        if key.startswith("bert."):
-            k = _bert_key_to_hf(key[5:])
-            return None if k is None else "bert." + k
-        return {"mlm.dense.weight": "cls.predictions.transform.dense.weight",
-                "mlm.dense.bias": "cls.predictions.transform.dense.bias",
-                "mlm.norm.weight": "cls.predictions.transform.LayerNorm.weight",
-                "mlm.norm.bias": "cls.predictions.transform.LayerNorm.bias",
-                "mlm.bias": "cls.predictions.bias",
-                "nsp.weight": "cls.seq_relationship.weight",
-                "nsp.bias": "cls.seq_relationship.bias"}.get(key)     # mlm.decoder.weight: tied, not stored
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)    # (B, T, H)
-        return self.mlm(hidden), self.nsp(self.bert.pooler(hidden))      # (B, T, V), (B, 2)
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                output_hidden_states: bool = False):
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True)
+        hidden = enc.last_hidden_state                                    # (B, T, H)
+        logits = self.mlm(hidden), self.nsp(self.bert.pooler(hidden))     # (B, T, V), (B, 2)
+        return self._output(logits, enc, output_hidden_states)
 
 
 class BertForMaskedLM(BertForPreTraining):
@@ -500,12 +501,18 @@ class BertForMaskedLM(BertForPreTraining):
     """
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.mlm(self.bert(input_ids, attention_mask, token_type_ids))   # (B, T, V)
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                output_hidden_states: bool = False):
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True)
+        return self._output(self.mlm(enc.last_hidden_state), enc, output_hidden_states)   # (B, T, V)
 
 
 class _TaskModel(_Base):
-    """BERT + one small task head, initialised at random (fine-tuning)."""
+    """BERT + one small task head, initialised at random (fine-tuning).
+
+    ``forward(input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+    output_hidden_states=False)`` runs the encoder, then the subclass's ``_predict``.
+    """
 
     _head = "classifier"
 
@@ -515,13 +522,19 @@ class _TaskModel(_Base):
         self.bert = BertModel(config)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
         setattr(self, self._head, nn.Linear(config.hidden_size, out_features))
-        getattr(self, self._head).apply(self._init_weights)
+        self._init_weights(getattr(self, self._head))
+        # The head keeps its name in Hugging Face's files ("classifier.weight", "qa_outputs.bias").
+        self._head_keys = [(f"{self._head}.{p}", f"{self._head}.{p}") for p in ("weight", "bias")]
 
-    def _to_hf(self, key: str) -> str | None:
-        if key.startswith("bert."):
-            k = _bert_key_to_hf(key[5:])
-            return None if k is None else "bert." + k
-        return key if key.startswith(self._head + ".") else None
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                output_hidden_states: bool = False):
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True)
+        return self._output(self._predict(enc.last_hidden_state), enc, output_hidden_states)
+
+    def _predict(self, hidden: torch.Tensor):
+        """The head on the encoder's output (B, T, H)."""
+        raise NotImplementedError
 
 
 class BertForSequenceClassification(_TaskModel):
@@ -538,10 +551,8 @@ class BertForSequenceClassification(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)    # (B, T, H)
-        return self.classifier(self.drop(self.bert.pooler(hidden)))      # (B, K)
+    def _predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(self.bert.pooler(hidden)))     # (B, K)
 
 
 class BertForTokenClassification(_TaskModel):
@@ -553,9 +564,7 @@ class BertForTokenClassification(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)    # (B, T, H)
+    def _predict(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.drop(hidden))                        # (B, T, K)
 
 
@@ -573,9 +582,7 @@ class BertForQuestionAnswering(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, 2)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)    # (B, T, H)
+    def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.qa_outputs(hidden).unbind(-1)                  # (B, T) each
         return start, end
 

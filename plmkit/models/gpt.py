@@ -37,21 +37,21 @@ Letters in the shape comments: B batch, T time, C width (n_embd), V vocabulary, 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding
+from . import hub
+from .common import init_weights_
+from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding, StaticKVCache, build_attention_mask
+from ..nn.validation import check_token_ids
+from .outputs import ModelOutput
 
 __all__ = ["GPTConfig", "GPT"]
-
-# Hugging Face activation names -> plmkit.nn.FeedForward activations.
-_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-_TO_HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 @dataclass
@@ -91,8 +91,7 @@ class GPTConfig:
             raise ValueError(f"n_inner must be None or a positive int, got {self.n_inner!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.activation not in _TO_HF_ACTIVATION:
-            raise ValueError(f"activation must be one of {tuple(_TO_HF_ACTIVATION)}, got {self.activation!r}")
+        hub.activation_to_hf(self.activation)        # ValueError for a name plmkit.nn does not know
 
     # -- Hugging Face config.json ----------------------------------------
     def to_hf_dict(self) -> dict:
@@ -101,7 +100,7 @@ class GPTConfig:
             "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
             "vocab_size": self.vocab_size, "n_positions": self.n_positions, "n_ctx": self.n_positions,
             "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head, "n_inner": self.n_inner,
-            "activation_function": _TO_HF_ACTIVATION[self.activation],
+            "activation_function": hub.activation_to_hf(self.activation),
             "resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon, "initializer_range": self.initializer_range,
             "tie_word_embeddings": True, "scale_attn_weights": True,
@@ -117,9 +116,7 @@ class GPTConfig:
         """Read a Hugging Face GPT-2 config.json (as a dict); refuse settings this GPT does not implement."""
         if d.get("model_type", "gpt2") != "gpt2":
             raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got {d.get('model_type')!r}")
-        act = d.get("activation_function", "gelu_new")
-        if act not in _HF_ACTIVATIONS:
-            raise ValueError(f"activation_function {act!r} is not supported; use one of {tuple(_HF_ACTIVATIONS)}")
+        act = hub.activation_from_hf(d.get("activation_function", "gelu_new"), "activation_function")
         for flag, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False),
                          ("add_cross_attention", False), ("tie_word_embeddings", True),
                          ("scale_attn_weights", True)):
@@ -128,7 +125,7 @@ class GPTConfig:
         drops = {d.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
         return cls(vocab_size=d.get("vocab_size", 50257), n_positions=d.get("n_positions", 1024),
                    n_embd=d.get("n_embd", 768), n_layer=d.get("n_layer", 12), n_head=d.get("n_head", 12),
-                   n_inner=d.get("n_inner"), dropout=max(drops), activation=_HF_ACTIVATIONS[act],
+                   n_inner=d.get("n_inner"), dropout=max(drops), activation=act,
                    layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
                    initializer_range=d.get("initializer_range", 0.02),
                    bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
@@ -137,9 +134,26 @@ class GPTConfig:
 class GPT(nn.Module):
     """GPT-2 language model: ``GPT(config)(input_ids)`` -> logits (B, T, V).
 
-    `input_ids` is a LongTensor (B, T) with T <= n_positions. For step-by-step
-    decoding pass ``caches=model.new_caches()``: each call then feeds only the
-    new tokens and attends to the keys and values kept from earlier calls.
+    ``forward(input_ids, attention_mask=None, position_ids=None, *, caches=None,
+    cache_position=None, output_hidden_states=False)``
+
+    * `input_ids` (B, T) LongTensor: the new tokens (all of them without a cache).
+    * `attention_mask` (B, K), 1 = real token, 0 = padding, over every key
+      position: the cached ones and the new ones (K = past + T for growing caches,
+      the buffer length for static ones). Padding goes on the LEFT for decoding.
+    * `position_ids` (B, T) or (T,): which position embedding each token gets;
+      default `cache_position`. With left padding pass
+      ``(attention_mask.cumsum(-1) - 1).clamp(min=0)`` (Hugging Face's rule).
+    * `caches` from :meth:`new_caches`: keys/values kept from earlier calls, so
+      that each call feeds only the new tokens; `cache_position` (T,) says which
+      slots the new tokens occupy (default: right after what the caches hold).
+    * ``output_hidden_states=True`` returns a :class:`~plmkit.models.outputs.ModelOutput`
+      with ``.logits`` and ``.hidden_states`` (n_layer + 1 tensors, embeddings first).
+
+    The (B, 1, T, K) boolean attention mask (query q sees key k iff
+    ``attention_mask[b, k]`` and ``k <= cache_position[q]``) is built once per
+    call and shared by every block. Without `attention_mask` and caches no mask
+    is built and the blocks use the fused causal kernel (training's path).
     """
 
     def __init__(self, config: GPTConfig):
@@ -164,17 +178,7 @@ class GPT(nn.Module):
         projections that write into the residual stream scaled by 1/sqrt(2 * n_layer),
         so that the stream's variance does not grow with depth."""
         std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Embedding, LearnedPositionalEmbedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-            elif isinstance(module, LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_weights_(self, std)
         for block in self.blocks:
             for proj in (block.attn.out_proj, block.ffn.fc2):
                 nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
@@ -190,128 +194,132 @@ class GPT(nn.Module):
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
 
-    def new_caches(self) -> list[KVCache]:
-        """One empty key/value cache per block, for step-by-step decoding."""
-        return [KVCache() for _ in self.blocks]
+    def new_caches(self, batch_size: int | None = None, max_length: int | None = None, static: bool = False,
+                   dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> list:
+        """One empty key/value cache per block, for step-by-step decoding.
 
-    def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        Growing caches (the default) append each call's keys/values; the other
+        arguments are not needed. ``static=True`` pre-allocates (batch_size,
+        n_head, max_length, head_dim) buffers written in place at `cache_position`
+        (fixed shapes: CUDA graphs, torch.compile); dtype and device default to the model's.
+        """
+        if not static:
+            return [KVCache() for _ in self.blocks]
+        for name, value, hi in (("batch_size", batch_size, None), ("max_length", max_length, self.config.n_positions)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (hi and value > hi):
+                raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}] for a static cache, got {value!r}")
+        ref = self.wte.weight
+        c = self.config
+        return [StaticKVCache(batch_size, c.n_head, max_length, c.n_embd // c.n_head,
+                              dtype=dtype or ref.dtype, device=device or ref.device) for _ in self.blocks]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, *, caches: list | None = None,
+                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
         B, T = input_ids.shape
-        offset = len(caches[0]) if caches else 0
+        dev = input_ids.device
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        if offset + T > self.config.n_positions:
-            raise ValueError(f"sequence of {offset + T} tokens is longer than the model's "
-                             f"n_positions={self.config.n_positions}")
-        # The id range check needs the values on the host: done for CPU tensors outside
-        # torch.compile (on a GPU an out-of-range id still fails, inside the embedding kernel).
-        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), "
-                                 f"got values in [{lo}, {hi}]")
-        x = self.drop(self.wpe(self.wte(input_ids), offset=offset))     # (B, T, C)
+        if cache_position is None:
+            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
+            if past + T > self.config.n_positions:
+                raise ValueError(f"sequence of {past + T} tokens is longer than the model's "
+                                 f"n_positions={self.config.n_positions}")
+            cache_position = torch.arange(past, past + T, device=dev)                 # (T,)
+        elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
+                or cache_position.is_floating_point():
+            raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
+                             f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
+        key_length = _key_length(caches[0], T) if caches else T                     # K
+        if position_ids is None:
+            position_ids = cache_position
+        elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
+                or position_ids.shape not in ((B, T), (1, T), (T,)):
+            raise ValueError(f"position_ids must be an integer tensor of shape (B, T) = ({B}, {T}) or (T,), got "
+                             f"{getattr(position_ids, 'shape', type(position_ids).__name__)}")
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                           or attention_mask.shape != (B, key_length)):
+            raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
+                             f"per key position, cached and new, 1 = real token; got "
+                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+        # Value checks read the tensors on the host only where that is free (CPU, outside
+        # torch.compile); on a GPU an out-of-range id or position fails inside the embedding kernel.
+        check_token_ids(input_ids, self.config.vocab_size)
+        check_token_ids(position_ids, self.config.n_positions, "position_ids", "n_positions")
+
+        mask = None                     # no padding, no cache: the blocks' fused causal path
+        if attention_mask is not None or caches is not None:
+            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
+            mask = build_attention_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
+        x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
+        x = self.drop(x)
+        hidden = [x]                    # kept only when asked for (they would hold memory)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache=caches[i] if caches is not None else None)
-        return self.lm_head(self.ln_f(x))                                # (B, T, V)
+            x = block(x, mask=mask, cache=caches[i] if caches is not None else None,
+                      is_causal=mask is None, cache_position=cache_position if caches is not None else None)
+            if output_hidden_states:
+                hidden.append(x)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)                                                       # (B, T, V)
+        if not output_hidden_states:
+            return logits
+        hidden[-1] = x                  # Hugging Face's convention: the last one after the final norm
+        return ModelOutput(logits=logits, hidden_states=hidden)
 
     # -- Hugging Face checkpoints --------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors in Hugging Face's GPT-2 format."""
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.config.to_hf_dict(), f, indent=2)
-        state = {k: v.detach().cpu().contiguous() for k, v in _to_hf_state(self).items()}
-        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        hub.write_folder(directory, self.config.to_hf_dict(), hub.hf_state_dict(self, _keymap(self.config)))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "GPT":
         """Load a GPT-2 checkpoint folder (config.json + model.safetensors), ours or Hugging Face's."""
-        from safetensors.torch import load_file
-
-        cfg_path = os.path.join(directory, "config.json")
-        weights_path = os.path.join(directory, "model.safetensors")
-        for path in (cfg_path, weights_path):
-            if not os.path.isfile(path):
-                raise ValueError(f"{os.fspath(directory)!r} is not a GPT-2 checkpoint folder: {path} is missing")
-        with open(cfg_path, encoding="utf-8") as f:
-            config = GPTConfig.from_hf_dict(json.load(f))
+        config_dict, state = hub.read_folder(directory, device=map_location)
+        config = GPTConfig.from_hf_dict(config_dict)
         model = cls(config)
-        state = _from_hf_state(load_file(weights_path, device=str(map_location)), config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "lm_head.weight"]           # tied to wte.weight
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match the config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        # Original OpenAI checkpoints have no "transformer." prefix.
+        state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
+        hub.load_hf_state(model, state, _keymap(config))
         return model.to(map_location)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def _key_length(cache, T: int) -> int:
+    """Keys attention sees with this cache and T new tokens: a static cache's whole buffer,
+    a growing one's stored positions plus the new ones (both known on the host)."""
+    return cache.max_length if isinstance(cache, StaticKVCache) else len(cache) + T
 
 
 # ----------------------------------------------------------------------------- key mapping
 
-def _hf_pairs(n_layer: int):
-    """(hf name, plmkit name, kind) for every tensor; kind says how the weight is converted."""
-    yield "transformer.wte.weight", "wte.weight", "copy"
-    yield "transformer.wpe.weight", "wpe.weight", "copy"
-    for i in range(n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for hf_ln, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
-            yield h + hf_ln + ".weight", b + ours + ".weight", "copy"
-            yield h + hf_ln + ".bias", b + ours + ".bias", "copy"
-        yield h + "attn.c_attn.weight", b + "attn.{}_proj.weight", "qkv_weight"
-        yield h + "attn.c_attn.bias", b + "attn.{}_proj.bias", "qkv_bias"
-        for hf_lin, ours in (("attn.c_proj", "attn.out_proj"), ("mlp.c_fc", "ffn.fc1"), ("mlp.c_proj", "ffn.fc2")):
-            yield h + hf_lin + ".weight", b + ours + ".weight", "conv1d"
-            yield h + hf_lin + ".bias", b + ours + ".bias", "copy"
-    yield "transformer.ln_f.weight", "ln_f.weight", "copy"
-    yield "transformer.ln_f.bias", "ln_f.bias", "copy"
+# Hugging Face GPT2LMHeadModel name -> plmkit name; Conv1D weights are transposed, c_attn is q, k, v fused.
+_QKV = tuple(f"blocks.{{i}}.attn.{p}_proj" for p in "qkv")
+_HF_KEYS = [
+    ("transformer.wte.weight", "wte.weight"),
+    ("transformer.wpe.weight", "wpe.weight"),
+    ("transformer.h.{i}.ln_1.weight", "blocks.{i}.norm1.weight"),
+    ("transformer.h.{i}.ln_1.bias", "blocks.{i}.norm1.bias"),
+    ("transformer.h.{i}.attn.c_attn.weight", tuple(q + ".weight" for q in _QKV), hub.Chain(hub.TRANSPOSE, hub.Split(3))),
+    ("transformer.h.{i}.attn.c_attn.bias", tuple(q + ".bias" for q in _QKV), hub.Split(3)),
+    ("transformer.h.{i}.attn.c_proj.weight", "blocks.{i}.attn.out_proj.weight", hub.TRANSPOSE),
+    ("transformer.h.{i}.attn.c_proj.bias", "blocks.{i}.attn.out_proj.bias"),
+    ("transformer.h.{i}.ln_2.weight", "blocks.{i}.norm2.weight"),
+    ("transformer.h.{i}.ln_2.bias", "blocks.{i}.norm2.bias"),
+    ("transformer.h.{i}.mlp.c_fc.weight", "blocks.{i}.ffn.fc1.weight", hub.TRANSPOSE),
+    ("transformer.h.{i}.mlp.c_fc.bias", "blocks.{i}.ffn.fc1.bias"),
+    ("transformer.h.{i}.mlp.c_proj.weight", "blocks.{i}.ffn.fc2.weight", hub.TRANSPOSE),
+    ("transformer.h.{i}.mlp.c_proj.bias", "blocks.{i}.ffn.fc2.bias"),
+    ("transformer.ln_f.weight", "ln_f.weight"),
+    ("transformer.ln_f.bias", "ln_f.bias"),
+]
 
 
-def _to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
-    ours = model.state_dict()
-    out = {}
-    for hf, name, kind in _hf_pairs(model.config.n_layer):
-        if kind == "copy":
-            out[hf] = ours[name]
-        elif kind == "conv1d":                       # nn.Linear (out, in) -> Conv1D (in, out)
-            out[hf] = ours[name].t()
-        elif kind == "qkv_weight":                   # three (C, C) -> one Conv1D (C, 3C)
-            out[hf] = torch.cat([ours[name.format(p)] for p in "qkv"], dim=0).t()
-        else:                                        # three (C,) -> (3C,)
-            out[hf] = torch.cat([ours[name.format(p)] for p in "qkv"], dim=0)
-    return out
-
-
-def _from_hf_state(hf: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    # Original OpenAI checkpoints have no "transformer." prefix, and old files keep the
-    # causal-mask buffers (attn.bias, attn.masked_bias): normalise both away.
-    hf = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in hf.items()}
-    hf = {k: v for k, v in hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    hf.pop("lm_head.weight", None)                   # tied to the token embedding
-    ours: dict[str, torch.Tensor] = {}
-    used = set()
-    C = config.n_embd
-    for key, name, kind in _hf_pairs(config.n_layer):
-        if key not in hf:
-            raise ValueError(f"checkpoint is missing {key!r}")
-        w = hf[key]
-        used.add(key)
-        if kind == "copy":
-            ours[name] = w
-        elif kind == "conv1d":
-            ours[name] = w.t()
-        elif kind == "qkv_weight":
-            if tuple(w.shape) != (C, 3 * C):
-                raise ValueError(f"{key} has shape {tuple(w.shape)}, expected {(C, 3 * C)}")
-            for p, part in zip("qkv", w.t().split(C, dim=0)):
-                ours[name.format(p)] = part
-        else:
-            for p, part in zip("qkv", w.split(C, dim=0)):
-                ours[name.format(p)] = part
-    extra = sorted(set(hf) - used)
-    if extra:
-        raise ValueError(f"checkpoint has tensors this GPT does not use: {extra[:5]}")
-    return {k: v.contiguous() for k, v in ours.items()}
+def _keymap(config: GPTConfig) -> hub.KeyMap:
+    # lm_head.weight is wte.weight (tied): not saved, and skipped if a file has it. Old files also
+    # keep the causal-mask buffers attn.bias and attn.masked_bias.
+    return hub.KeyMap(_HF_KEYS, config.n_layer, tied=["lm_head.weight"],
+                      ignore=["lm_head.weight", "transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"])

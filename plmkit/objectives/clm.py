@@ -127,7 +127,9 @@ def evaluate_lm(model, ids: torch.Tensor, block_size: int, batch_size: int = 16,
     model.eval()
     ids = ids.cpu()                                   # windows are cut on the host, batches sent to `device`
     windows = [ids[s:s + block_size + 1] for s in range(0, len(ids) - 1, block_size)]
-    total, count = 0.0, 0
+    # Summed on the device (read once at the end), in float64 where the device has it (not on Apple's MPS).
+    acc = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    total, count = torch.zeros((), dtype=acc, device=device), 0
     for i in range(0, len(windows), batch_size):
         group = windows[i:i + batch_size]
         width = max(len(w) for w in group) - 1
@@ -136,11 +138,11 @@ def evaluate_lm(model, ids: torch.Tensor, block_size: int, batch_size: int = 16,
         for j, w in enumerate(group):
             x[j, :len(w) - 1], y[j, :len(w) - 1] = w[:-1], w[1:]
         logits = model(x.to(device))                                        # (B, T, V)
-        n = int((y != IGNORE_INDEX).sum())
+        n = int((y != IGNORE_INDEX).sum())                                  # y is on the host: no sync
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.to(device).reshape(-1),
                                ignore_index=IGNORE_INDEX)
-        total += loss.item() * n
+        total += loss.to(acc) * n                       # as Python's float(loss) * n was
         count += n
     model.train(was_training)
-    loss = total / count
+    loss = total.item() / count                                             # the one read
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}

@@ -27,6 +27,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..nn.validation import check_token_ids
+
 __all__ = ["IGNORE_INDEX", "mask_tokens", "mlm_loss"]
 
 IGNORE_INDEX = -100  # the label of a position the loss must skip (torch's default ignore_index)
@@ -50,6 +52,12 @@ def mask_tokens(
     `input_ids` is not modified. Pass a seeded `generator` to get the same
     masks again (static masking).
 
+    The random numbers are drawn on the generator's device, or without a
+    generator on `input_ids`' device: on a GPU nothing is drawn on the CPU,
+    copied over, or read back (no host-device sync). A CPU generator with GPU
+    ids draws on the CPU and copies, so it gives the same masks on every
+    device.
+
     >>> ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102, 0]])  # [CLS] ... [SEP] [PAD]
     >>> g = torch.Generator().manual_seed(3)
     >>> masked, labels = mask_tokens(ids, mask_token_id=103, vocab_size=30522,
@@ -67,15 +75,13 @@ def mask_tokens(
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size}")
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id must be in [0, vocab_size={vocab_size}), got {mask_token_id}")
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}); "
-                         f"got values from {int(input_ids.min())} to {int(input_ids.max())}")
+    check_token_ids(input_ids, vocab_size, "input_ids", "vocab_size")   # reads values only on the CPU
     device = input_ids.device
-    # Draw on the CPU so that a seeded CPU generator gives the same masks on every device.
+    draw_on = generator.device if generator is not None else device
     shape = input_ids.shape                                              # (B, T) or any shape
 
     def rand() -> torch.Tensor:
-        return torch.rand(shape, generator=generator).to(device)
+        return torch.rand(shape, generator=generator, device=draw_on).to(device)
 
     special = torch.zeros(shape, dtype=torch.bool, device=device)
     for sid in special_ids:
@@ -89,10 +95,9 @@ def mask_tokens(
     u = rand()                                                          # one draw decides the three cases
     to_mask = selected & (u < 0.8)
     to_random = selected & (u >= 0.8) & (u < 0.9)
-    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype).to(device)
-    masked = input_ids.clone()
-    masked[to_mask] = mask_token_id
-    masked[to_random] = random_ids[to_random]
+    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype, device=draw_on)
+    masked = torch.where(to_mask, mask_token_id, input_ids)             # torch.where, not masked[to_mask] = ...:
+    masked = torch.where(to_random, random_ids.to(device), masked)      # boolean indexing syncs on a GPU
     return masked, labels
 
 

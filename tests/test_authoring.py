@@ -122,7 +122,9 @@ def test_grade_skip_tags_leave_every_exercise_what_it_needs(chapter):
     nb = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
     assert authoring.grading_gaps(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert any(authoring.GRADE_SKIP in c.metadata.get("tags", []) for c in code), "no demo cell is skipped"
+    assert any(authoring.GRADE_SKIP in c.metadata.get("tags", []) for c in code), (
+        f"{chapter}: no cell is tagged {authoring.GRADE_SKIP}: tag the demo cells (training, plots, widgets) "
+        "so that `plmkit grade` runs only the setup, exercise and check cells (book/authoring.md)")
 
 
 def test_a_skipped_cell_that_an_exercise_needs_is_reported():

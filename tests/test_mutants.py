@@ -444,6 +444,18 @@ def beam_tokens_mod_k(sums, nxt, n):
     return scores, flat // V, flat % K
 
 
+def ppl_sorts_in_place(losses, counts):
+    order = sorted(range(len(losses)), key=lambda i: losses[i])
+    losses.sort()                                      # sorted in place: the caller's list changes
+    counts[:] = [counts[i] for i in order]
+    return math.exp(sum(l * n for l, n in zip(losses, counts)) / sum(counts))
+
+
+def best_pops(sums, lengths, length_penalty=1.0):
+    scores = [sums.pop(0) / n ** length_penalty for n in lengths]   # empties the caller's list
+    return max(range(len(scores)), key=lambda i: scores[i])
+
+
 def best_argmin(sums, lengths, length_penalty=1.0):
     scores = [s / n ** length_penalty for s, n in zip(sums, lengths)]
     return min(range(len(scores)), key=lambda i: scores[i])
@@ -568,6 +580,7 @@ MUTANTS = [
     ("4.3", "unweighted mean", gpt_bugs.ppl_unweighted),
     ("4.3", "no exp", gpt_bugs.ppl_no_exp),
     ("4.3", "returns a tensor, not a float", ppl_tensor),
+    ("4.3", "sorts the caller's lists in place", ppl_sorts_in_place),
     ("4.4", "multiplies by T", gpt_bugs.temp_multiply),
     ("4.4", "no greedy case at T = 0", gpt_bugs.temp_no_greedy),
     ("4.4", "softmax over dim=1", temp_dim1),
@@ -590,6 +603,7 @@ MUTANTS = [
     ("4.8", "multiplies by the length", gpt_bugs.best_multiplies),
     ("4.8", "argmin", best_argmin),
     ("4.8", "returns a float", best_float),
+    ("4.8", "pops the caller's list", best_pops),
 ]
 
 

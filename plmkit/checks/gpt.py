@@ -152,6 +152,7 @@ def _ppl_judge(r, cases, results):
         elif not ok and math.isclose(got, math.exp(sum(losses) / len(losses)), rel_tol=1e-5):
             hint = " (that is exp of the unweighted mean; weight each batch by its token count)"
         r.check(ok, f"{what}: expected {want:.6g}, got {got:.6g}{hint}")
+    r.check(not any(rec["mutated"] for rec in results), "perplexity changed the lists it was given")
 
 
 # ----------------------------------------------------------------------------- 4.4
@@ -399,3 +400,4 @@ def _best_judge(r, cases, results):
                 r.failures[-1] += " (return the index as a Python int, e.g. int(tensor.argmax()))"
             continue
         r.equal(got, want, what)
+    r.check(not any(rec["mutated"] for rec in results), "best_hypothesis changed the lists it was given")

@@ -280,3 +280,12 @@ def test_no_kernel_is_an_unusable_setup_not_a_crash(tmp_path, capsys, monkeypatc
     code, data = grade(SOLVED, tmp_path)
     out = capsys.readouterr().out
     assert code == 2 and "could not start a Jupyter kernel" in out and out.count("\n") == 1
+
+
+def test_an_oversized_record_is_refused_unread(tmp_path, monkeypatch):
+    from plmkit.grading import grader
+
+    monkeypatch.setattr(grader, "MAX_RECORD_BYTES", 64)
+    code, data = grade(SOLVED, tmp_path)
+    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
+    assert all("recorded answers are larger than" in v for v in verdicts(data).values())

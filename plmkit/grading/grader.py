@@ -378,7 +378,7 @@ class _Session:
                 continue
             # a check cell
             if not out.ok:
-                verdict, status = self._crash_words(out, "the check of your code")
+                verdict, status = self._crash_words(out, "the check cell (running your code)")
                 self._finish(number, self._failed(number, verdict, status))
                 continue
             last_check = self.exercises[number].check_indices[-1]

@@ -44,8 +44,11 @@ Writing a checker (see ``book/authoring.md``)::
 
     @check_softmax.judge
     def _(r, cases, results):
-        for case, got in zip(cases, results):
-            r.close(got, F.softmax(*case["args"], **case["kwargs"]), "softmax(x)")
+        for case, rec in zip(cases, results):
+            want = F.softmax(*case["args"], **case["kwargs"])      # the reference first
+            got = r.value(rec, "softmax(x)")                        # None (and a failed check) if it raised
+            if got is not None:
+                r.close(got, want, "softmax(x)")
 """
 from __future__ import annotations
 

@@ -289,3 +289,16 @@ def test_an_oversized_record_is_refused_unread(tmp_path, monkeypatch):
     code, data = grade(SOLVED, tmp_path)
     assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
     assert all("recorded answers are larger than" in v for v in verdicts(data).values())
+
+
+def test_judging_never_looks_for_new_checker_modules_on_disk(monkeypatch, tmp_path):
+    """After the grader's load_all(), a module file a kernel drops into plmkit/checks is never imported."""
+    from plmkit import checks
+    from plmkit.checks import _core
+    from plmkit.grading.grader import load_checkers
+
+    judge = load_checkers()
+    listed = []
+    monkeypatch.setattr(_core, "load_all", lambda: listed.append(1) or checks.registry())
+    verdict = judge("0.1", 7, tmp_path)                 # no record there: fails, without re-listing
+    assert not verdict.passed and listed == []

@@ -421,6 +421,8 @@ def load_checkers():
 
     Whatever a kernel later writes into plmkit's files on disk changes nothing here.
     """
+    import safetensors.torch  # noqa: F401 - the judge's reader, imported now rather than on first use
+
     from .. import checks
 
     checks.load_all()

@@ -327,8 +327,8 @@ class Llama(nn.Module):
         x = self.wte(input_ids)                                                    # (B, T, C)
         if self.config.positions == "learned":
             x = x + F.embedding(position_ids, self.wpe.weight)
-        elif self.config.positions == "sinusoidal":
-            x = x + F.embedding(position_ids, self.sinusoid)
+        elif self.config.positions == "sinusoidal":      # as in chapter 2 (Vaswani et al.): embeddings scaled
+            x = x * self.config.hidden_size ** 0.5 + F.embedding(position_ids, self.sinusoid)   # up to the table's
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -17,6 +17,7 @@ DEBS := chromium fortunes-zh
 
 help:
 	@echo "make book       build the book into _build/html (the main command)"
+	@echo "make book SOLUTIONS=hide   the class edition: no solutions (_build/class/_build/html)"
 	@echo "make test       run the whole test suite"
 	@echo "make solutions  re-execute solutions/*.ipynb in place, then regenerate notebooks/"
 	@echo "make notebooks  regenerate notebooks/ from solutions/"
@@ -58,9 +59,19 @@ $(VENDOR)/.done:
 	cp .cache/npm/node_modules/requirejs/require.js $(VENDOR)/widgets/require.js
 	touch $@
 
+# make book SOLUTIONS=hide builds the class edition: every answer replaced by its stub.
+SOLUTIONS ?= show
+CLASS_SRC := .cache/class-edition
 book: setup
-	$(BIN)/jupyter-book build -W -n --keep-going . 
-	@echo; echo "The book is at: $(CURDIR)/_build/html/index.html"
+	@case "$(SOLUTIONS)" in show|hide) ;; *) echo "SOLUTIONS must be show or hide, got '$(SOLUTIONS)'" >&2; exit 2;; esac
+	@if [ "$(SOLUTIONS)" = hide ]; then \
+	  $(BIN)/plmkit class-edition $(CLASS_SRC) && \
+	  $(BIN)/jupyter-book build -W -n --keep-going --path-output _build/class $(CLASS_SRC) && \
+	  echo && echo "The class edition (no solutions) is at: $(CURDIR)/_build/class/_build/html/index.html"; \
+	else \
+	  $(BIN)/jupyter-book build -W -n --keep-going . && \
+	  echo && echo "The book is at: $(CURDIR)/_build/html/index.html"; \
+	fi
 
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q

@@ -13,15 +13,19 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("paths", nargs="+", metavar="PATH", help="notebook(s) to grade; never modified")
     g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     g.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
-                   help="per-cell time limit (default 300)")
+                   help="per-cell time limit (default 300); a cell still running then fails its exercise")
     g.add_argument("--reference", metavar="DIR",
-                   help="folder with the pristine notebooks (solutions/ or notebooks/ of the book); "
+                   help="folder with the pristine, executed notebooks (solutions/ or notebooks/ of the book); "
                         "default: the book's own solutions/")
 
     a = sub.add_parser("author", help="regenerate notebooks/ from solutions/")
     a.add_argument("--check", action="store_true", help="write nothing; exit 1 if notebooks/ is out of date")
     a.add_argument("--root", default=".", help="the book's root folder (default: .)")
     a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
+
+    c = sub.add_parser("class-edition", help="write the book's sources without solutions (make book SOLUTIONS=hide)")
+    c.add_argument("dest", metavar="DIR", help="folder to write (replaced if it exists); build it with jupyter-book")
+    c.add_argument("--root", default=".", help="the book's root folder (default: .)")
 
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
@@ -50,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if not stale:
             print("notebooks/ is up to date")
+        return 0
+    if args.command == "class-edition":
+        from .grading.author import write_class_edition
+        from .grading.notebook import NotebookError
+        try:
+            chapters = write_class_edition(args.root, args.dest)
+        except (NotebookError, FileNotFoundError, ValueError) as err:
+            print(f"plmkit class-edition: {err}", file=sys.stderr)
+            return 2
+        print(f"{len(chapters)} chapters without solutions written to {args.dest}")
         return 0
     if args.command == "execute":
         from .grading.execute import execute

@@ -354,7 +354,7 @@ class CachedState(DecoderState):
             return self.fallback.reorder(index)
         self.ids, self.mask, self.next_position = self.ids[index], self.mask[index], self.next_position[index]
         for cache in self.caches:
-            _reorder_cache(cache, index)
+            cache.reorder(index)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         T = ids.size(1)
@@ -455,6 +455,12 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 1.0, to
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
+        raise ValueError(f"length_penalty must be a number (0 = plain sum of log-probs), got {length_penalty!r}")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be None, True or False, got {do_sample!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
     greedy = temperature == 0 or do_sample is False
     if do_sample and temperature == 0:
         raise ValueError("do_sample=True needs temperature > 0 (temperature=0 means greedy)")
@@ -669,13 +675,6 @@ def _trim(new: list[int], stops: list[int]) -> list[int]:
         if tok in stops:
             return new[:i + 1]
     return new
-
-
-def _reorder_cache(cache, index: torch.Tensor) -> None:
-    if hasattr(cache, "reorder"):
-        cache.reorder(index)
-    elif cache.k is not None:
-        cache.k, cache.v = cache.k[index], cache.v[index]
 
 
 def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:

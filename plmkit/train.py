@@ -312,6 +312,9 @@ class Trainer:
         """Run loss_fn under autocast; split off its metrics (detached float tensors on the device)."""
         with self._autocast():
             out = self.loss_fn(self.forward_model, batch)
+        if isinstance(out, tuple) and len(out) != 2:
+            raise ValueError(f"loss_fn must return a scalar tensor or a pair (loss, metrics dict), "
+                             f"got a tuple of {len(out)}")
         loss, metrics = out if isinstance(out, tuple) else (out, {})
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar tensor or (scalar tensor, metrics dict), got "

@@ -13,7 +13,7 @@ CHAPTERS = [p.stem for p in SOLUTIONS]
 
 def run_notebook_cells(path: Path, tmp_path: Path, timeout: int = 900) -> dict[int, dict]:
     """Run a notebook under nbval (lax) the way the grader does; return {code cell number: result}."""
-    from plmkit.grading.grader import run_nbval
+    from plmkit.grading.honour import run_nbval
 
     report = tmp_path / "report.json"
     proc = run_nbval(path, timeout, report)

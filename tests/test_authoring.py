@@ -113,3 +113,82 @@ def test_author_cli_check_reports_stale_notebook(tmp_path):
     assert main(["author", "--root", str(tmp_path), "--check"]) == 0
     assert (tmp_path / "notebooks" / "00_warmup.ipynb").read_text() == \
         (ROOT / "notebooks" / "00_warmup.ipynb").read_text()
+
+
+# ---------------------------------------------------------------- grade-skip tags
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_grade_skip_tags_leave_every_exercise_what_it_needs(chapter):
+    nb = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
+    assert authoring.grading_gaps(nb) == []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert any(authoring.GRADE_SKIP in c.metadata.get("tags", []) for c in code), "no demo cell is skipped"
+
+
+def test_a_skipped_cell_that_an_exercise_needs_is_reported():
+    nb = nbt.read(ROOT / "solutions" / "00_warmup.ipynb")
+    setup = next(c for c in nb.cells if c.cell_type == "code")
+    demo = nbformat.v4.new_code_cell("SCALE = 3.0", metadata={"tags": [authoring.GRADE_SKIP]})
+    nb.cells.insert(nb.cells.index(setup) + 1, demo)
+    ex = next(c for c in nb.cells if nbt.exercise_number(c.source) == "0.1")
+    ex.source = ex.source.replace("    e = z.exp()", "    e = (z * SCALE / SCALE).exp()")
+    gaps = authoring.grading_gaps(nb)
+    assert len(gaps) == 1 and "`SCALE`" in gaps[0] and "grade-skip" in gaps[0]
+    with pytest.raises(nbt.NotebookError, match="SCALE"):
+        authoring.make_exercise_notebook(nb, "00_warmup")
+    demo.metadata["tags"] = []                      # run by the grader: fine
+    assert authoring.grading_gaps(nb) == []
+    ex.metadata["tags"] = ex.metadata.get("tags", []) + [authoring.GRADE_SKIP]
+    assert any("cannot be tagged" in g for g in authoring.grading_gaps(nb))
+
+
+# ---------------------------------------------------------------- the class edition (no solutions)
+
+def solution_regions(source: str) -> list[str]:
+    """The text between each BEGIN/END SOLUTION pair, stripped of blank lines."""
+    regions, inside = [], None
+    for line in source.split("\n"):
+        if line.strip() == authoring.BEGIN:
+            inside = []
+        elif line.strip() == authoring.END:
+            regions.append("\n".join(ln for ln in inside if ln.strip()))
+            inside = None
+        elif inside is not None:
+            inside.append(line)
+    return regions
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_class_edition_shows_no_solution(chapter):
+    sol = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
+    edition = authoring.class_edition(sol, chapter)
+    text = json.dumps([c.source for c in edition.cells] + [c.get("outputs", []) for c in edition.cells])
+    regions = [r for c in sol.cells if nbt.is_exercise(c) for r in solution_regions(c.source)]
+    assert regions
+    for region in regions:
+        assert json.dumps(region)[1:-1] not in text, f"a solution is in the class edition:\n{region}"
+    assert "BEGIN SOLUTION" not in text
+    learner = nbt.read(ROOT / "notebooks" / f"{chapter}.ipynb")
+    stubs = [c.source for c in learner.cells if nbt.is_exercise(c)]
+    assert [c.source for c in edition.cells if nbt.is_exercise(c)] == stubs
+    for cell in edition.cells:
+        if nbt.is_exercise(cell):
+            assert not cell.outputs and "hide-input" not in cell.metadata.get("tags", [])
+    # the page is otherwise the book's: prose, book-only cells, demo outputs, stored verdicts
+    assert len(edition.cells) == len(sol.cells)
+    assert [c.source for c in edition.cells if not nbt.is_exercise(c)] == \
+           [c.source for c in sol.cells if not nbt.is_exercise(c)]
+
+
+def test_class_edition_sources_build_a_book_tree(tmp_path):
+    dest = tmp_path / "class"
+    assert authoring.write_class_edition(ROOT, dest) == CHAPTERS
+    for name in ("_config.yml", "_toc.yml", "book/intro.md", "notebooks/00_warmup.ipynb"):
+        assert (dest / name).is_file(), name
+    for chapter in CHAPTERS:
+        nb = nbt.read(dest / "solutions" / f"{chapter}.ipynb")
+        assert not any(authoring.BEGIN in c.source for c in nb.cells)
+    with pytest.raises(ValueError, match="outside the book's sources"):
+        authoring.write_class_edition(ROOT, ROOT)
+    with pytest.raises(ValueError, match="outside the book's sources"):
+        authoring.write_class_edition(ROOT, ROOT / "book")

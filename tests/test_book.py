@@ -1,8 +1,10 @@
 """The book builds with zero warnings and its pages work offline in a real browser."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
+from html import unescape
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,35 @@ def test_math_and_widgets_render_offline_in_headless_chromium(site, tmp_path):
     assert "<mjx-container" in dom, "MathJax did not typeset the page's math"
     assert "widget-slider" in dom or "jupyter-widgets" in dom and "widget-" in dom, \
         "the embedded ipywidget was not rendered"
+
+
+def test_class_edition_builds_without_any_solution(tmp_path):
+    """`make book SOLUTIONS=hide`: the same book, every answer replaced by its stub."""
+    from plmkit.grading import author as authoring
+    from plmkit.grading import notebook as nbt
+
+    if not (ROOT / "_vendor" / ".done").exists():
+        pytest.fail("_vendor/ is missing: run `make setup` (it fetches MathJax and the widget scripts)")
+    src = tmp_path / "class-src"
+    subprocess.run([str(Path(sys.executable).parent / "plmkit"), "class-edition", str(src), "--root", str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "--path-output", str(tmp_path / "out"),
+                           str(src)], capture_output=True, text=True, cwd=src)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    site = tmp_path / "out" / "_build" / "html"
+    for chapter in CHAPTERS:
+        html = (site / "solutions" / f"{chapter}.html").read_text()
+        assert "Show solution" not in html
+        html = unescape(re.sub(r"<[^>]+>", "", html))      # the text a reader sees, highlighting removed
+        assert "replace this line with your code" in html
+        sol = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
+        elsewhere = json.dumps([c.source for c in authoring.class_edition(sol, chapter).cells])
+        for cell in sol.cells:
+            if nbt.is_exercise(cell):
+                body = cell.source.split(authoring.BEGIN, 1)[1].split(authoring.END, 1)[0]
+                lines = {ln.split("#")[0].strip() for ln in body.splitlines()}
+                lines = [ln for ln in lines if len(ln) >= 12 and json.dumps(ln)[1:-1] not in elsewhere]
+                assert lines, f"{chapter}: no line of a solution is distinctive enough to look for"
+                for line in lines:
+                    assert line not in html, f"{chapter}: the solution line {line!r} is published"

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from plmkit.checks import bert as checks
 from plmkit.models.bert import BertConfig, mean_pool, parameter_count
 from plmkit.objectives import mask_tokens, mlm_loss, nsp_pairs, sop_pairs
+from solution_code import solutions
 
 
 def blank(*args, **kwargs):
@@ -38,18 +39,14 @@ def albert_param_count(vocab_size, embedding_size, hidden_size, num_layers, inte
                                       type_vocab_size=type_vocab_size, share_layers=shared))
 
 
-REFERENCES = [
-    (checks.check_embed, embed),
-    (checks.check_mask_tokens, mask_tokens),
-    (checks.check_mlm_loss, mlm_loss),
-    (checks.check_nsp_pairs, nsp_pairs),
-    (checks.check_sop_pairs, sop_pairs),
-    (checks.check_albert_param_count, albert_param_count),
-    (checks.check_mean_pool, mean_pool),
-]
+SOL = solutions("03_bert")
+REFERENCES = [(checks.check_embed, SOL["embed"]), (checks.check_mask_tokens, SOL["mask_tokens"]),
+              (checks.check_mlm_loss, SOL["mlm_loss"]), (checks.check_nsp_pairs, SOL["nsp_pairs"]),
+              (checks.check_sop_pairs, SOL["sop_pairs"]), (checks.check_albert_param_count, SOL["albert_param_count"]),
+              (checks.check_mean_pool, SOL["mean_pool"])]
 
 
-@pytest.mark.parametrize("check, fn", REFERENCES, ids=[c.__name__ for c, _ in REFERENCES])
+@pytest.mark.parametrize("check, fn", REFERENCES, ids=[c.name for c, _ in REFERENCES])
 def test_reference_passes_with_a_stable_line(check, fn, capsys):
     lines = set()
     for _ in range(3):                                        # fresh random inputs each time, same verdict
@@ -60,7 +57,7 @@ def test_reference_passes_with_a_stable_line(check, fn, capsys):
     assert len(lines) == 1
 
 
-@pytest.mark.parametrize("check", [c for c, _ in REFERENCES], ids=[c.__name__ for c, _ in REFERENCES])
+@pytest.mark.parametrize("check", [c for c, _ in REFERENCES], ids=[c.name for c, _ in REFERENCES])
 def test_blank_fails(check, capsys):
     ok, out = run(check, blank, capsys)
     assert not ok and "not attempted yet" in out
@@ -172,8 +169,8 @@ def test_mlm_loss_bugs(capsys):
     def detached(logits, labels):
         return torch.tensor(mlm_loss(logits, labels).item())
 
-    fails(checks.check_mlm_loss, every_position, capsys, "mean over selected")
-    fails(checks.check_mlm_loss, averaged_over_all, capsys, "mean over selected")
+    fails(checks.check_mlm_loss, every_position, capsys, "the mean over the selected positions")
+    fails(checks.check_mlm_loss, averaged_over_all, capsys, "the mean over the selected positions")
     fails(checks.check_mlm_loss, detached, capsys, "connected")
 
 

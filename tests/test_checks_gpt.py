@@ -9,6 +9,7 @@ from plmkit.checks import gpt as checks
 from plmkit.generate import beam_search_step, best_hypothesis, temperature_softmax, top_k_filter, top_p_filter
 from plmkit.nn import causal_mask
 from plmkit.objectives.clm import clm_loss, perplexity
+from solution_code import solutions
 
 
 def blank(*args, **kwargs):
@@ -22,17 +23,11 @@ def run(check, fn, capsys):
     return bool(verdict), out
 
 
-REFERENCES = [
-    (checks.check_causal_mask, causal_mask),
-    (checks.check_clm_loss, clm_loss),
-    (checks.check_perplexity, perplexity),
-    (checks.check_temperature_softmax, temperature_softmax),
-    (checks.check_top_k_filter, top_k_filter),
-    (checks.check_top_p_filter, top_p_filter),
-    (checks.check_beam_search_step, beam_search_step),
-    (checks.check_best_hypothesis, best_hypothesis),
-]
-IDS = [c.__name__ for c, _ in REFERENCES]
+SOL = solutions("04_gpt")
+REFERENCES = [(getattr(checks, f"check_{name}"), SOL[name])
+              for name in ("causal_mask", "clm_loss", "perplexity", "temperature_softmax", "top_k_filter",
+                           "top_p_filter", "beam_search_step", "best_hypothesis")]
+IDS = [c.name for c, _ in REFERENCES]
 
 
 @pytest.mark.parametrize("check, fn", REFERENCES, ids=IDS)

@@ -1,9 +1,16 @@
-"""The chapter-0 checkers pass plmkit's reference and fail blank and buggy answers."""
+"""The chapter-0 checkers pass the book's solutions and fail blank, buggy and shortcut answers.
+
+The mutation table in test_mutants.py holds the plausible bugs of every exercise; this file
+tests what is particular to chapter 0 (messages, the training loop, input validation).
+"""
 import torch
 import torch.nn.functional as F
 
 from plmkit import basics
 from plmkit.checks import warmup as checks
+from solution_code import solutions
+
+SOL = solutions("00_warmup")
 
 
 def blank(*args, **kwargs):
@@ -17,12 +24,19 @@ def run(check, fn, capsys):
     return bool(verdict), out
 
 
-def test_references_pass(capsys):
+def test_solutions_pass(capsys):
+    for check, name in [(checks.check_softmax, "softmax"), (checks.check_log_softmax, "log_softmax"),
+                        (checks.check_cross_entropy, "cross_entropy"), (checks.check_train_loop, "train_loop")]:
+        ok, out = run(check, SOL[name], capsys)
+        assert ok, out
+        assert out.startswith("✅ Exercise 0.") and out.count("\n") == 1
+
+
+def test_plmkit_reference_is_refused(capsys):
     for check, fn in [(checks.check_softmax, basics.softmax), (checks.check_log_softmax, basics.log_softmax),
                       (checks.check_cross_entropy, basics.cross_entropy), (checks.check_train_loop, basics.train_loop)]:
         ok, out = run(check, fn, capsys)
-        assert ok, out
-        assert out.startswith("✅ Exercise 0.") and out.count("\n") == 1
+        assert not ok and "which is the reference here" in out, out
 
 
 def test_blank_fails_every_checker(capsys):
@@ -45,8 +59,8 @@ def test_softmax_bugs(capsys):
     for bug in (naive, wrong_dim, uses_torch):
         ok, out = run(checks.check_softmax, bug, capsys)
         assert not ok, bug.__name__
-    assert "overflows" in run(checks.check_softmax, naive, capsys)[1]
-    assert "calls softmax" in run(checks.check_softmax, uses_torch, capsys)[1]
+    assert "exp overflowed" in run(checks.check_softmax, naive, capsys)[1]
+    assert "torch's softmax" in run(checks.check_softmax, uses_torch, capsys)[1]
 
 
 def test_log_softmax_bugs(capsys):
@@ -78,7 +92,7 @@ def test_cross_entropy_bugs(capsys):
 
     for bug in (ignores_nothing, sums_instead_of_mean, returns_float):
         assert not run(checks.check_cross_entropy, bug, capsys)[0], bug.__name__
-    assert "ignore_index" in run(checks.check_cross_entropy, ignores_nothing, capsys)[1]
+    assert "ignored targets" in run(checks.check_cross_entropy, ignores_nothing, capsys)[1]
 
 
 def test_train_loop_bugs(capsys):

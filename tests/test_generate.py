@@ -383,7 +383,8 @@ def test_new_arguments_raise_value_errors(models):
     right_padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     for kw in (dict(attention_mask=right_padded), dict(attention_mask=torch.ones(2, 3)),
                dict(attention_mask=torch.full((2, 4), 2)), dict(use_cache="yes"), dict(pad_token_id=-1),
-               dict(pad_token_id=V), dict(return_logprobs=1)):
+               dict(pad_token_id=V), dict(return_logprobs=1), dict(num_beams=2, length_penalty="long"),
+               dict(do_sample="yes"), dict(generator=0)):
         with pytest.raises(ValueError):
             generate(model, x, 3, **kw)
     with pytest.raises(ValueError, match="attention_mask"):

@@ -1,4 +1,5 @@
-"""`plmkit grade` end to end on chapter 0, including the ways a learner might fool it."""
+"""`plmkit grade` end to end on chapter 0: what is graded, how answers are found, crashes,
+unusable input. The deliberate attacks from exercise cells are in test_tamper.py."""
 from __future__ import annotations
 
 import copy
@@ -55,6 +56,11 @@ def variant(tmp_path: Path, name: str, edit, base: Path = BLANK) -> Path:
 
 def exercise_cell(nb, number: str):
     return next(c for c in nb.cells if nbt.exercise_number(c.source) == number)
+
+
+def statuses(data: dict) -> dict[str, str]:
+    (nb,) = data["notebooks"]
+    return {e["number"]: e["status"] for e in nb["exercises"]}
 
 
 def check_cell(nb, number: str):
@@ -139,10 +145,11 @@ def test_an_endless_loop_fails_its_exercise_and_the_rest_are_graded(tmp_path):
             "def log_softmax(x, dim=-1):\n"
             "    while True:\n"
             "        pass\n")
-    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path, "--timeout", "20")
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path, "--timeout", "15")
     assert code == 1
     assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": True, "0.4": True}
-    assert "timed out" in verdicts(data)["0.2"]
+    assert "timed out after 15 s" in verdicts(data)["0.2"]
+    assert statuses(data)["0.2"] == "crash"
 
 
 def test_cells_are_matched_by_exercise_number_when_ids_change(tmp_path):
@@ -201,3 +208,95 @@ def test_reference_folder_of_exercise_notebooks(tmp_path):
     assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
     code, _ = grade(SOLVED, tmp_path, "--reference", str(tmp_path / "missing"))
     assert code == 2
+
+
+def test_a_reference_folder_that_was_never_executed_is_refused(tmp_path, capsys):
+    ref = tmp_path / "unexecuted"
+    ref.mkdir()
+    nb = nbt.read(BLANK)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbt.write(nb, ref / f"{CH}.ipynb")
+    code, data = grade(BLANK, tmp_path, "--reference", str(ref))
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert "never executed" in out and out.count("\n") == 1
+    assert data["notebooks"][0]["error"] and data["max_score"] == 0
+
+
+# ---------------------------------------------------------------- how answers are found
+
+def test_a_comment_above_the_header_and_new_ids_still_grade(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        for n in ALL:
+            cell = exercise_cell(nb, n)
+            cell.source = f"# my answer, written on the train\n\n{cell.source}"
+            cell.id = "mine" + n.replace(".", "")
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 0, verdicts(data)
+    assert outcomes(data) == dict.fromkeys(ALL, True)
+
+
+def test_the_pristine_notebook_decides_what_is_graded(tmp_path):
+    """Titles, points and the list of exercises come from the pristine notebook, not the learner's."""
+    def edit(nb):
+        fill(nb, ALL)
+        ex1 = next(c for c in nb.cells if nbt.exercise_number(c.source) == "0.1")
+        ex1.source = ex1.source.replace("numerically stable softmax", "worth a lot")
+        ex1.metadata.setdefault("plmkit", {})["points"] = 100
+        ex2 = exercise_cell(nb, "0.2")   # renamed and re-identified: 0.2 is now missing
+        ex2.source = ex2.source.replace("# Exercise 0.2:", "# Exercise 0.9:")
+        ex2.id = "renamed"
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 1
+    (nb,) = data["notebooks"]
+    assert [e["number"] for e in nb["exercises"]] == ALL
+    assert nb["exercises"][0]["title"] == "numerically stable softmax"
+    assert data["max_score"] == 4 and data["score"] == 3
+    assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": True, "0.4": True}
+    assert statuses(data)["0.2"] == "missing"
+    assert "no cell of your notebook holds exercise 0.2" in verdicts(data)["0.2"]
+
+
+def test_two_cells_with_work_for_one_exercise_are_reported(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        ex = exercise_cell(nb, "0.2")
+        copy_ = copy.deepcopy(ex)
+        copy_.id = "copy02"
+        copy_.source = ex.source.replace("return", "return 0 *", 1)   # a second, different attempt
+        nb.cells.insert(nb.cells.index(ex) + 1, copy_)
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 1
+    assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": True, "0.4": True}
+    assert statuses(data)["0.2"] == "duplicate"
+    assert "2 cells of your notebook hold exercise 0.2" in verdicts(data)["0.2"]
+
+
+def test_a_copied_cell_is_graded_and_the_untouched_stub_ignored(tmp_path):
+    """The learner duplicated the stub cell and answered in the copy: the copy is graded."""
+    def edit(nb):
+        ex = exercise_cell(nb, "0.1")
+        answer = copy.deepcopy(ex)
+        answer.id = "answer01"
+        answer.source = solution_source("0.1")
+        nb.cells.insert(nb.cells.index(ex) + 1, answer)
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": False, "0.4": False}
+    (nb,) = data["notebooks"]
+    assert any("untouched exercise stub" in n for n in nb["exercises"][0]["notes"])
+
+
+def test_a_debug_print_in_an_honest_solution_keeps_full_points(tmp_path):
+    def edit(nb):
+        fill(nb, ALL)
+        for n in ALL:
+            cell = exercise_cell(nb, n)
+            cell.source += f'\nprint("debug: exercise {n} defined")\nprint("❌ Exercise {n}: not a verdict")\n'
+        ex = exercise_cell(nb, "0.1")   # and inside the function, on every call
+        ex.source = ex.source.replace("    z = x", "    print('softmax called with', tuple(x.shape))\n    z = x")
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
+    assert code == 0, verdicts(data)
+    assert data["score"] == 4

@@ -747,3 +747,78 @@ def test_seq2seq_cached_generation_and_stack_options():
         pn.Encoder(2, 8, 2, 16, ffn=FeedForward(8, 16))
     with pytest.raises(ValueError, match="one cache per layer"):
         pn.Decoder(2, 8, 2, 16)(torch.randn(1, 1, 8), torch.randn(1, 2, 8), caches=[KVCache()])
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fully_padded_queries_give_zero_output_and_finite_gradients(with_bias):
+    mha = MultiHeadAttention(8, 2, n_kv_heads=1)
+    mask = build_attention_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), None, 4)   # row 0: queries 0, 1 see nothing
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    bias = torch.randn(1, 2, 4, 4) if with_bias else None
+    out = mha(x, mask=mask, position_bias=bias)
+    torch.testing.assert_close(out[0, :2], mha.out_proj.bias.expand(2, 8).detach())
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in mha.parameters())
+
+
+def test_blocks_assembled_from_plmkit_parts_match_hf_llama_and_t5():
+    """The chapter 5/6 recipe with plmkit's own RMSNorm, GatedFeedForward, rotary and relative bias."""
+    from transformers import LlamaConfig, T5Config
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    # Llama: Pre-RMSNorm, SwiGLU, GQA, RoPE
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=4, max_position_embeddings=32, rms_norm_eps=1e-6, attention_bias=False)
+    cfg._attn_implementation = "eager"
+    ref = LlamaDecoderLayer(cfg, layer_idx=0).eval()
+    _randomise(ref)
+    ours = DecoderBlock(16, 4, 24, norm_first=True, cross_attention=False, eps=1e-6, bias=False, n_kv_heads=2,
+                        norm=pn.RMSNorm, ffn=pn.GatedFeedForward).eval()
+    names = {"input_layernorm": "norm1", "post_attention_layernorm": "norm2", "mlp": "ffn",
+             "self_attn.o_proj": "attn.out_proj", "self_attn": "attn"}
+    state = {}
+    for key, val in ref.state_dict().items():
+        prefix = next(p for p in names if key.startswith(p + "."))
+        state[names[prefix] + key[len(prefix):]] = val
+    ours.load_state_dict(state)
+    x = torch.randn(2, 6, 16)
+    am = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    position_ids = (am.cumsum(-1) - 1).clamp(min=0)
+    rope = pn.RotaryEmbedding(4, 32)
+    cos, sin = rope(position_ids)
+    mask = build_attention_mask(am, None, 6)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        want = ref(x, attention_mask=additive, position_embeddings=(cos, sin))
+        want = want[0] if isinstance(want, tuple) else want
+        got = ours(x, mask=mask, is_causal=False, rotary=lambda q, k: pn.apply_rotary(q, k, cos, sin))
+    real = am.bool()
+    real[0, 0] = False                                     # HF lets an all-padding query read everything
+    torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=1e-4)
+
+    # T5 encoder block: Pre-RMSNorm without bias, d_kv != d_model / H, no 1/sqrt(D), relative position bias
+    cfg = T5Config(d_model=12, d_kv=5, d_ff=20, num_heads=3, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, dropout_rate=0.0, layer_norm_epsilon=1e-6,
+                   feed_forward_proj="relu")
+    ref = T5Block(cfg, has_relative_attention_bias=True).eval()
+    _randomise(ref)
+    ours = EncoderBlock(12, 3, 20, norm_first=True, activation="relu", eps=1e-6, bias=False, head_dim=5, scale=1.0,
+                        norm=pn.RMSNorm).eval()
+    relative = pn.RelativePositionBias(3, num_buckets=8, max_distance=16, bidirectional=True)
+    sa, ff = ref.layer[0], ref.layer[1]
+    with torch.no_grad():
+        for mine, theirs in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "o")):
+            getattr(ours.attn, mine).weight.copy_(getattr(sa.SelfAttention, theirs).weight)
+        relative.weight.copy_(sa.SelfAttention.relative_attention_bias.weight)
+        ours.norm1.weight.copy_(sa.layer_norm.weight)
+        ours.norm2.weight.copy_(ff.layer_norm.weight)
+        ours.ffn.fc1.weight.copy_(ff.DenseReluDense.wi.weight)
+        ours.ffn.fc2.weight.copy_(ff.DenseReluDense.wo.weight)
+    x = torch.randn(2, 7, 12)
+    keep = torch.tensor([[1] * 7, [1] * 5 + [0] * 2]).bool()
+    additive = torch.zeros(2, 1, 1, 7).masked_fill(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        want = ref(x, attention_mask=additive, cache_position=torch.arange(7))[0]
+        got = ours(x, mask=padding_mask(keep), position_bias=relative(torch.arange(7), 7))
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)

@@ -94,3 +94,16 @@ def test_compiled_static_decode_step_no_recompiles(mode):
     assert counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-4, rtol=1e-4)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fully_padded_queries_give_finite_gradients_on_cuda(with_bias):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(64, 8, n_kv_heads=2).cuda()
+    am = torch.tensor(LEFT_PADDED, device="cuda")
+    x = torch.randn(3, 12, 64, device="cuda", requires_grad=True)
+    bias = torch.randn(1, 8, 12, 12, device="cuda") if with_bias else None
+    out = mha(x, mask=build_attention_mask(am, None, 12), position_bias=bias)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mha.parameters())

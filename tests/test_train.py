@@ -229,6 +229,10 @@ def test_loss_fn_metrics_enter_history_averaged_like_the_loss():
                     progress=False, device="cpu")
         with pytest.raises(ValueError, match="metric"):
             t.fit()
+    t = Trainer(tiny_gpt(), data, loss_fn=lambda m, b: (lm_loss(m, b), {}, 1), max_steps=1, progress=False,
+                device="cpu")
+    with pytest.raises(ValueError, match="pair"):
+        t.fit()
 
 
 def test_backward_and_optimizer_step_drive_a_custom_loop_like_fit():

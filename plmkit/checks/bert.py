@@ -22,71 +22,140 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.bert import BertConfig, mean_pool, parameter_count
-from ._core import Report, checker
+from ..models import bert as _bert
+from ..models.bert import BertConfig, parameter_count
+from ..objectives import mlm as _mlm
+from ..objectives import pairs as _pairs_lib
+from ._core import Exercise, reference_grads
+from ._guard import Rule
 
 IGNORE = -100
 
 
 # ----------------------------------------------------------------------------- 3.1
 
-@checker("3.1", "embed")
-def check_embed(r: Report, embed) -> None:
-    B, T, H, V = int(r.randint(2, 5, (1,))), int(r.randint(3, 9, (1,))), int(r.randint(6, 13, (1,))), 40
+check_embed = Exercise("3.1", "embed", goal="sums the three embeddings itself",
+                       forbid=[Rule("plmkit's `BertEmbeddings`", [_bert.BertEmbeddings])])
+
+
+@check_embed.cases
+def _embed_cases(g):
+    B, T, H, V = g.int(2, 5), g.int(3, 9), g.int(6, 13), 40
     P = T + 5
-    word, position, segment = nn.Embedding(V, H), nn.Embedding(P, H), nn.Embedding(2, H)
-    with torch.no_grad():
-        for table in (word, position, segment):
-            table.weight.copy_(r.randn(*table.weight.shape))
-    ids, types = r.randint(0, V, (B, T)), r.randint(0, 2, (B, T))
+    tables = {"word": g.randn(V, H), "position": g.randn(P, H), "segment": g.randn(2, H)}
+    ids, types = g.randint(0, V, (B, T)), g.randint(0, 2, (B, T))
+    same = torch.full((1, T), 7)
+    long_ids = g.randint(0, V, (1, P))
+    return {"tables": tables, "cotangent": g.randn(B, T, H), "calls": [
+        (ids, types, f"embed(input_ids {(B, T)}, token_type_ids {(B, T)}, word, position, segment)"),
+        (ids, None, "embed(..., token_type_ids=None): None means every token is in segment 0"),
+        (same, torch.zeros_like(same), f"embed for one row of {T} copies of token 7: rows must differ by "
+                                       f"position (position i uses position(i))"),
+        (long_ids, torch.ones_like(long_ids), f"embed for a row of {P} tokens (as many as the position table holds)"),
+    ]}
 
-    def ref(ids, types):
-        return word.weight[ids] + position.weight[torch.arange(ids.shape[1])] + segment.weight[types]
 
-    with torch.no_grad():
-        what = f"embed(input_ids {(B, T)}, token_type_ids {(B, T)}, word, position, segment)"
-        r.close(r.call(embed, ids, types, word, position, segment, what=what), ref(ids, types), what)
-        what = "embed(..., token_type_ids=None): None means every token is in segment 0"
-        r.close(r.call(embed, ids, None, word, position, segment, what=what),
-                ref(ids, torch.zeros_like(ids)), what)
-        same = torch.full((1, T), 7)
-        what = f"embed for one row of {T} copies of token 7: rows must differ by position (position i uses position(i))"
-        r.close(r.call(embed, same, torch.zeros_like(same), word, position, segment, what=what),
-                ref(same, torch.zeros_like(same)), what)
-        long_ids = r.randint(0, V, (1, P))
-        what = f"embed for a row of {P} tokens (as many as the position table holds)"
-        r.close(r.call(embed, long_ids, torch.ones_like(long_ids), word, position, segment, what=what),
-                ref(long_ids, torch.ones_like(long_ids)), what)
+def _tables(cases):
+    return [nn.Embedding.from_pretrained(cases["tables"][n].clone(), freeze=False)
+            for n in ("word", "position", "segment")]
+
+
+@check_embed.probe
+def _embed_probe(p, embed, cases):
+    out = []
+    for ids, types, _ in cases["calls"]:
+        with torch.no_grad():
+            out.append(p.call(embed, ids, types, *_tables(cases)))
+    ids, types, _ = cases["calls"][0]
+    tables = _tables(cases)
+
+    def grads(ids, types):                      # gradients reach all three tables
+        y = embed(ids, types, *tables)
+        return list(torch.autograd.grad([y], [t.weight for t in tables], [cases["cotangent"]], allow_unused=True))
+    out.append(p.call(grads, ids, types))
+    return out
+
+
+def _embed_ref(tables, ids, types):
+    types = torch.zeros_like(ids) if types is None else types
+    return tables["word"][ids] + tables["position"][torch.arange(ids.shape[1])] + tables["segment"][types]
+
+
+@check_embed.judge
+def _embed_judge(r, cases, results):
+    tables = cases["tables"]
+    for (ids, types, what), rec in zip(cases["calls"], results):
+        want = _embed_ref(tables, ids, types)
+        got = r.value(rec, what)
+        if got is not None:
+            def hint(g, ids=ids, types=types):
+                if torch.allclose(g, tables["word"][ids] + tables["segment"][
+                        torch.zeros_like(ids) if types is None else types], atol=1e-5):
+                    return "the position embedding is missing"
+                return ""
+            r.close(got, want, what, hint=hint)
+    ids, types, _ = cases["calls"][0]
+    w = {n: t.clone().requires_grad_() for n, t in tables.items()}
+    want = torch.autograd.grad([_embed_ref(w, ids, types)], list(w.values()), [cases["cotangent"]])
+    what = "embed: the gradients with respect to the word, position and segment tables"
+    got = r.value(results[-1], what, list)
+    if got is not None:
+        ok = len(got) == 3 and all(isinstance(x, torch.Tensor) for x in got)
+        if r.check(ok, f"{what}: some table gets no gradient (the result must come from word(...), "
+                       f"position(...) and segment(...), not copies of their weights)"):
+            for name, a, b in zip(("word", "position", "segment"), got, want):
+                r.close(a, b, f"{what}: {name}")
+    r.check(not any(rec["mutated"] for rec in results), "embed changed input_ids or token_type_ids in place")
 
 
 # ----------------------------------------------------------------------------- 3.2
 
-def _mlm_batch(r: Report, B: int, T: int, V: int, pad: int, cls: int, sep: int) -> torch.Tensor:
+check_mask_tokens = Exercise("3.2", "mask_tokens", goal="selects and replaces the tokens itself",
+                             forbid=[Rule("plmkit's `objectives.mask_tokens`", [_mlm.mask_tokens])])
+
+
+def _mlm_batch(g, B: int, T: int, V: int, pad: int, cls: int, sep: int) -> torch.Tensor:
     """Rows ``[CLS] w ... w [SEP] [PAD] ...`` of random lengths; ordinary tokens avoid the special ids."""
-    ids = r.randint(20, V, (B, T))
-    lengths = r.randint(T // 2, T + 1, (B,))
+    ids = g.randint(20, V, (B, T))
+    lengths = g.randint(T // 2, T + 1, (B,))
     for i, n in enumerate(lengths.tolist()):
         ids[i, 0], ids[i, n - 1] = cls, sep
         ids[i, n:] = pad
     return ids
 
 
-@checker("3.2", "mask_tokens")
-def check_mask_tokens(r: Report, mask_tokens) -> None:
-    V = int(r.randint(400, 800, (1,)))
-    pad, cls, sep, mask_id = (int(i) for i in torch.randperm(20, generator=r.gen)[:4])
-    special = [pad, cls, sep, mask_id]
-    ids = _mlm_batch(r, 256, 128, V, pad, cls, sep)
-    before = ids.clone()
-    seed = int(r.randint(0, 2**31 - 1, (1,)))
+@check_mask_tokens.cases
+def _mask_cases(g):
+    V = g.int(400, 800)
+    pad, cls, sep, mask_id = (int(i) for i in g.randperm(20)[:4])
+    return {"ids": _mlm_batch(g, 256, 128, V, pad, cls, sep), "V": V, "mask_id": mask_id,
+            "special": [pad, cls, sep, mask_id], "seed": g.seed_int()}
+
+
+@check_mask_tokens.probe
+def _mask_probe(p, mask_tokens, c):
+    ids, mask_id, V, special, seed = c["ids"], c["mask_id"], c["V"], c["special"], c["seed"]
+
+    def run(x, seed, **kw):
+        return p.call(mask_tokens, x, mask_id, V, special, generator=torch.Generator().manual_seed(seed), **kw)
+    small = ids[:8]
+    return {"main": run(ids, seed), "p40": run(ids, seed + 1, mlm_probability=0.4),
+            "a": run(small, seed), "b": run(small, seed), "c": run(small, seed + 7)}
+
+
+@check_mask_tokens.judge
+def _mask_judge(r, c, results):
+    before, mask_id, V, special = c["ids"], c["mask_id"], c["V"], c["special"]
     call = f"mask_tokens(input_ids (256, 128), mask_token_id={mask_id}, vocab_size={V}, special_ids={special})"
-    out = r.call(mask_tokens, ids, mask_id, V, special, generator=torch.Generator().manual_seed(seed), what=call)
-    ok = (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
-          and all(tuple(t.shape) == tuple(ids.shape) for t in out))
+    out = r.value(results["main"], call, tuple)
+    ok = (out is not None and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+          and all(tuple(t.shape) == tuple(before.shape) for t in out))
     if not r.check(ok, f"{call} must return (masked_ids, labels), two tensors of shape (256, 128)"):
         return
+    r.check(all(t.dtype == before.dtype for t in out),
+            f"{call}: masked_ids and labels must keep input_ids' dtype ({before.dtype}), got {[t.dtype for t in out]}")
     masked, labels = (t.long() for t in out)
-    r.check(torch.equal(ids, before), f"{call} changed input_ids in place; work on a copy (input_ids.clone())")
+    r.unchanged(results["main"], call)
 
     is_special = torch.isin(before, torch.tensor(special))
     sel = labels != IGNORE
@@ -104,8 +173,7 @@ def check_mask_tokens(r: Report, mask_tokens) -> None:
     ordinary = ~is_special
     n_sel = max(int(sel.sum()), 1)
     rate = int(sel.sum()) / int(ordinary.sum())
-    r.check(abs(rate - 0.15) < 0.015,
-            f"{call}: {rate:.1%} of the ordinary tokens were selected; expected about 15%")
+    r.check(abs(rate - 0.15) < 0.015, f"{call}: {rate:.1%} of the ordinary tokens were selected; expected about 15%")
     share_mask = int((sel & (masked == mask_id)).sum()) / n_sel
     r.check(abs(share_mask - 0.8) < 0.04,
             f"{call}: {share_mask:.1%} of the selected tokens became [MASK]; expected about 80%")
@@ -120,55 +188,83 @@ def check_mask_tokens(r: Report, mask_tokens) -> None:
     r.check(abs(share_kept - 0.1) < 0.03,
             f"{call}: {share_kept:.1%} of the selected tokens were left unchanged; expected about 10%")
 
-    out = r.call(mask_tokens, ids, mask_id, V, special, mlm_probability=0.4,
-                 generator=torch.Generator().manual_seed(seed + 1), what=call + " with mlm_probability=0.4")
-    rate = int((out[1] != IGNORE).sum()) / int(ordinary.sum())
-    r.check(abs(rate - 0.4) < 0.03, f"with mlm_probability=0.4, {rate:.1%} of the ordinary tokens were selected")
-
-    small = ids[:8]
-    a = r.call(mask_tokens, small, mask_id, V, special, generator=torch.Generator().manual_seed(seed), what=call)
-    b = r.call(mask_tokens, small, mask_id, V, special, generator=torch.Generator().manual_seed(seed), what=call)
-    c = r.call(mask_tokens, small, mask_id, V, special, generator=torch.Generator().manual_seed(seed + 7), what=call)
-    r.check(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1]),
-            "mask_tokens must draw all its randomness from `generator` (pass generator=generator to "
-            "torch.rand / torch.randint): the same seed must give the same masks, another seed other masks")
+    out = r.value(results["p40"], call + " with mlm_probability=0.4", tuple)
+    if out is not None and len(out) == 2 and isinstance(out[1], torch.Tensor) and out[1].shape == before.shape:
+        rate = int((out[1] != IGNORE).sum()) / int(ordinary.sum())
+        r.check(abs(rate - 0.4) < 0.03, f"with mlm_probability=0.4, {rate:.1%} of the ordinary tokens were selected")
+    elif out is not None:
+        r.fail(f"{call} with mlm_probability=0.4 must return (masked_ids, labels)")
+    a, b, c2 = (r.value(results[k], call + " on 8 rows", tuple) for k in "abc")
+    if None not in (a, b, c2):
+        same_seed = all(torch.equal(x, y) for x, y in zip(a, b))
+        r.check(same_seed and not torch.equal(a[1], c2[1]),
+                "mask_tokens must draw all its randomness from `generator` (pass generator=generator to "
+                "torch.rand / torch.randint): the same seed must give the same masks, another seed other masks")
 
 
 # ----------------------------------------------------------------------------- 3.3
 
-@checker("3.3", "mlm_loss")
-def check_mlm_loss(r: Report, mlm_loss) -> None:
-    for B, T, V, p in [(4, 16, 30, 0.15), (2, 9, 50, 0.5), (3, 40, 11, 0.05)]:
-        logits = (r.randn(B, T, V) * 2).requires_grad_()
-        targets = r.randint(0, V, (B, T))
-        keep = torch.rand(B, T, generator=r.gen) < p
-        keep[0, 0] = True                                              # at least one selected position
+check_mlm_loss = Exercise("3.3", "mlm_loss", goal="computes the loss over the selected positions itself",
+                          forbid=[Rule("plmkit's `objectives.mlm_loss`", [_mlm.mlm_loss])])
+
+
+@check_mlm_loss.cases
+def _mlm_loss_cases(g):
+    cases = []
+    for B, T, V, prob in [(4, 16, 30, 0.15), (2, 9, 50, 0.5), (3, 40, 11, 0.05), (3, 12, 20, 0.3)]:
+        targets = g.randint(0, V, (B, T))
+        keep = g.rand(B, T) < prob
+        keep[0, 0], keep[0, 1] = True, False                       # at least one selected, one not
         labels = torch.where(keep, targets, torch.full_like(targets, IGNORE))
-        what = f"mlm_loss(logits {(B, T, V)}, labels {(B, T)}) with {int(keep.sum())} of {B * T} positions selected"
-        loss = r.call(mlm_loss, logits, labels, what=what)
-        expected = F.cross_entropy(logits.detach()[keep], targets[keep])
-        r.close(loss.detach() if isinstance(loss, torch.Tensor) else loss, expected, what + " (mean over selected)")
-    logits = r.randn(3, 12, 20).requires_grad_()
-    targets = r.randint(0, 20, (3, 12))
-    keep = torch.rand(3, 12, generator=r.gen) < 0.3
-    keep[0, 0], keep[0, 1] = True, False
-    labels = torch.where(keep, targets, torch.full_like(targets, IGNORE))
-    loss = r.call(mlm_loss, logits, labels, what="mlm_loss(logits, labels)")
-    ok = isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.requires_grad
-    if r.check(ok, "mlm_loss must return a scalar tensor connected to the logits (no .item(), no detach)"):
-        (g,) = torch.autograd.grad(loss, logits)
-        leak = g[~keep].abs().max().item()
-        r.check(leak == 0.0, "the loss depends on the logits at unselected positions (labels == -100): "
-                             "compute it on the selected positions only")
-    else:
-        r.check(False, "(skipped: no gradient to inspect)")
+        cases.append({"args": [g.randn(B, T, V) * 2, labels], "grad": [0], "cotangent": torch.tensor(1.0),
+                      "what": f"mlm_loss(logits {(B, T, V)}, labels {(B, T)}) with {int(keep.sum())} of "
+                              f"{B * T} positions selected"})
+    return cases
+
+
+@check_mlm_loss.probe
+def _mlm_loss_probe(p, mlm_loss, cases):
+    return [p.call(mlm_loss, *c["args"], grad=c["grad"], cotangent=c["cotangent"]) for c in cases]
+
+
+def _mlm_ref(logits, labels):
+    keep = labels != IGNORE
+    return F.cross_entropy(logits[keep], labels[keep])
+
+
+@check_mlm_loss.judge
+def _mlm_loss_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        logits, labels = c["args"]
+        want = _mlm_ref(logits, labels)
+        what = c["what"]
+        got = r.value(rec, what)
+        if got is None:
+            continue
+
+        def hint(g, logits=logits, labels=labels):
+            V = logits.shape[-1]
+            everywhere = F.cross_entropy(logits.reshape(-1, V), labels.clamp(min=0).reshape(-1))
+            if torch.allclose(g.double(), everywhere.double(), atol=1e-5):
+                return "the loss counts every position; only labels != -100 count"
+            return ""
+        if r.close(got, want, what + " (the mean over the selected positions)", hint=hint):
+            grads = rec.get("grads")
+            keep = labels != IGNORE
+            if isinstance(grads, list) and grads and isinstance(grads[0], torch.Tensor) \
+                    and grads[0].shape == logits.shape:
+                r.check(grads[0][~keep].abs().max().item() == 0.0,
+                        "the loss depends on the logits at unselected positions (labels == -100): "
+                        "compute it on the selected positions only")
+            r.grads_close(rec, reference_grads(_mlm_ref, c), what)
+    r.check(not any(rec["mutated"] for rec in results), "mlm_loss changed logits or labels in place")
 
 
 # ----------------------------------------------------------------------------- 3.4 and 3.5
 
-def _documents(r: Report) -> list[list[str]]:
+def _documents(g) -> list[list[str]]:
     """5 documents of 150-250 sentences named 'd<doc>.s<index>', plus a one-sentence document."""
-    sizes = r.randint(150, 250, (5,)).tolist() + [1]
+    sizes = g.ints(5, 150, 250) + [1]
     return [[f"d{d}.s{s}" for s in range(n)] for d, n in enumerate(sizes)]
 
 
@@ -177,25 +273,48 @@ def _where(sentence) -> tuple[int, int]:
     return int(d[1:]), int(s[1:])
 
 
-def _pairs_ok(r: Report, pairs, docs, what: str) -> bool:
+def _pairs(r, rec, docs, what: str):
+    """The pairs, if they are a list of (str, str, 0 or 1) of the right length; None (and a failed check) if not."""
+    pairs = r.value(rec, what, list)
+    if pairs is None:
+        return None
     n = sum(len(d) - 1 for d in docs)
-    ok = (isinstance(pairs, list) and len(pairs) == n
-          and all(isinstance(p, tuple) and len(p) == 3 and p[2] in (0, 1) for p in pairs))
-    return r.check(ok, f"{what} must return a list of {n} tuples (a, b, label) with label 0 or 1: "
-                       f"one per pair of consecutive sentences")
+    names = {s for d in docs for s in d}
+    ok = (len(pairs) == n and all(type(p) is tuple and len(p) == 3 and type(p[2]) is int and p[2] in (0, 1)
+                                  and p[0] in names and p[1] in names for p in pairs))
+    return pairs if r.check(ok, f"{what} must return a list of {n} tuples (a, b, label), a and b sentences of "
+                                f"the documents, label the int 0 or 1: one per pair of consecutive sentences") \
+        else None
 
 
-def _seed(r: Report) -> int:
-    return int(r.randint(0, 2**31 - 1, (1,)))
+def _pair_cases(g):
+    return {"docs": _documents(g), "seed": g.seed_int()}
 
 
-@checker("3.4", "nsp_pairs")
-def check_nsp_pairs(r: Report, nsp_pairs) -> None:
-    docs = _documents(r)
-    seed = _seed(r)
+def _pair_probe(p, fn, c):
+    return [p.call(fn, c["docs"], random.Random(s)) for s in (c["seed"], c["seed"], c["seed"] + 1)]
+
+
+def _deterministic(r, name, results, first):
+    again, other = (rec.get("value") for rec in results[1:])
+    r.check(again == first and other != first,
+            f"{name} must draw its randomness from `rng` only (rng.random(), rng.choice(...)): "
+            f"the same seed must give the same pairs, another seed other pairs")
+    r.check(not any(rec["mutated"] for rec in results), f"{name} changed the documents it was given")
+
+
+check_nsp_pairs = Exercise("3.4", "nsp_pairs", goal="builds the NSP pairs itself",
+                           forbid=[Rule("plmkit's `objectives.nsp_pairs`", [_pairs_lib.nsp_pairs])])
+check_nsp_pairs.cases(_pair_cases)
+check_nsp_pairs.probe(_pair_probe)
+
+
+@check_nsp_pairs.judge
+def _nsp_judge(r, c, results):
+    docs = c["docs"]
     what = f"nsp_pairs(documents of sizes {[len(d) for d in docs]}, random.Random(seed))"
-    pairs = r.call(nsp_pairs, docs, random.Random(seed), what=what)
-    if not _pairs_ok(r, pairs, docs, what):
+    pairs = _pairs(r, results[0], docs, what)
+    if pairs is None:
         return
     firsts = sorted(_where(a) for a, _, _ in pairs)
     r.check(firsts == sorted((d, s) for d, doc in enumerate(docs) for s in range(len(doc) - 1)),
@@ -203,8 +322,7 @@ def check_nsp_pairs(r: Report, nsp_pairs) -> None:
     pos = [(a, b) for a, b, lab in pairs if lab == 0]
     neg = [(a, b) for a, b, lab in pairs if lab == 1]
     bad = [(a, b) for a, b in pos if _where(b) != (_where(a)[0], _where(a)[1] + 1)]
-    r.check(not bad, f"{what}: label 0 (IsNext) must mean B is the sentence right after A; "
-                     f"got e.g. {bad[:2]}")
+    r.check(not bad, f"{what}: label 0 (IsNext) must mean B is the sentence right after A; got e.g. {bad[:2]}")
     bad = [(a, b) for a, b in neg if _where(a)[0] == _where(b)[0]]
     r.check(not bad, f"{what}: label 1 (NotNext) must take B from ANOTHER document; "
                      f"{len(bad)} negatives came from A's own document, e.g. {bad[:2]}")
@@ -214,20 +332,21 @@ def check_nsp_pairs(r: Report, nsp_pairs) -> None:
     r.check(len({b for _, b in neg}) >= 50 and len(sources) >= 3,
             f"{what}: the NotNext sentences must be drawn at random from the other documents "
             f"(got {len({b for _, b in neg})} distinct sentences from {len(sources)} documents)")
-    again = r.call(nsp_pairs, docs, random.Random(seed), what=what)
-    other = r.call(nsp_pairs, docs, random.Random(seed + 1), what=what)
-    r.check(again == pairs and other != pairs,
-            "nsp_pairs must draw its randomness from `rng` only (rng.random(), rng.choice(...)): "
-            "the same seed must give the same pairs")
+    _deterministic(r, "nsp_pairs", results, pairs)
 
 
-@checker("3.5", "sop_pairs")
-def check_sop_pairs(r: Report, sop_pairs) -> None:
-    docs = _documents(r)
-    seed = _seed(r)
+check_sop_pairs = Exercise("3.5", "sop_pairs", goal="builds the SOP pairs itself",
+                           forbid=[Rule("plmkit's `objectives.sop_pairs`", [_pairs_lib.sop_pairs])])
+check_sop_pairs.cases(_pair_cases)
+check_sop_pairs.probe(_pair_probe)
+
+
+@check_sop_pairs.judge
+def _sop_judge(r, c, results):
+    docs = c["docs"]
     what = f"sop_pairs(documents of sizes {[len(d) for d in docs]}, random.Random(seed))"
-    pairs = r.call(sop_pairs, docs, random.Random(seed), what=what)
-    if not _pairs_ok(r, pairs, docs, what):
+    pairs = _pairs(r, results[0], docs, what)
+    if pairs is None:
         return
     unordered = sorted(tuple(sorted((_where(a), _where(b)))) for a, b, _ in pairs)
     expected = sorted(((d, s), (d, s + 1)) for d, doc in enumerate(docs) for s in range(len(doc) - 1))
@@ -240,51 +359,107 @@ def check_sop_pairs(r: Report, sop_pairs) -> None:
                      f"got e.g. {bad[:2]}")
     share = sum(lab for *_, lab in pairs) / len(pairs)
     r.check(0.4 < share < 0.6, f"{what}: {share:.0%} of the pairs are swapped; expected about 50%")
-    again = r.call(sop_pairs, docs, random.Random(seed), what=what)
-    other = r.call(sop_pairs, docs, random.Random(seed + 1), what=what)
-    r.check(again == pairs and other != pairs,
-            "sop_pairs must draw its randomness from `rng` only: the same seed must give the same pairs")
+    _deterministic(r, "sop_pairs", results, pairs)
 
 
 # ----------------------------------------------------------------------------- 3.6
 
-@checker("3.6", "albert_param_count")
-def check_albert_param_count(r: Report, albert_param_count) -> None:
+check_albert_param_count = Exercise(
+    "3.6", "albert_param_count", goal="counts the parameters by formula",
+    forbid=[Rule("plmkit's `bert.parameter_count` (or building a plmkit BERT to count it)",
+                 [parameter_count, _bert._Base, _bert.BertModel, _bert.BertEmbeddings]),
+            Rule("`Module.parameters()` on a model built to be counted", [nn.Module.parameters,
+                                                                          nn.Module.named_parameters])])
+
+
+@check_albert_param_count.cases
+def _albert_cases(g):
     cases = [dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_layers=12, intermediate_size=3072)]
     for shared in (True, False, True):
-        H = int(r.randint(16, 200, (1,)))
-        cases.append(dict(vocab_size=int(r.randint(100, 5000, (1,))), embedding_size=int(r.randint(4, H, (1,))),
-                          hidden_size=H, num_layers=int(r.randint(2, 13, (1,))),
-                          intermediate_size=int(r.randint(16, 800, (1,))), shared=shared))
-    cases.append({**cases[1], "max_positions": int(r.randint(16, 1024, (1,))), "type_vocab_size": 3})
-    for case in cases:
+        H = g.int(16, 200)
+        cases.append(dict(vocab_size=g.int(100, 5000), embedding_size=g.int(4, H), hidden_size=H,
+                          num_layers=g.int(2, 13), intermediate_size=g.int(16, 800), shared=shared))
+    cases.append({**cases[1], "max_positions": g.int(16, 1024), "type_vocab_size": 3})
+    cases.append({**cases[2], "shared": False, "num_layers": cases[2]["num_layers"] + 1})
+    return cases
+
+
+@check_albert_param_count.probe
+def _albert_probe(p, albert_param_count, cases):
+    return [p.call(albert_param_count, **case) for case in cases]
+
+
+@check_albert_param_count.judge
+def _albert_judge(r, cases, results):
+    for case, rec in zip(cases, results):
         cfg = BertConfig(vocab_size=case["vocab_size"], embedding_size=case["embedding_size"],
                          hidden_size=case["hidden_size"], num_hidden_layers=case["num_layers"],
                          num_attention_heads=1, intermediate_size=case["intermediate_size"],
                          max_position_embeddings=case.get("max_positions", 512),
                          type_vocab_size=case.get("type_vocab_size", 2), share_layers=case.get("shared", True))
-        expected = parameter_count(cfg)                                # E < H in every case: a projection
-        args = ", ".join(f"{k}={v}" for k, v in case.items())
-        what = f"albert_param_count({args})"
-        r.equal(r.call(albert_param_count, **case, what=what), expected, what)
+        want = parameter_count(cfg)                                # E < H in every case: a projection
+        what = f"albert_param_count({', '.join(f'{k}={v}' for k, v in case.items())})"
+        got = r.value(rec, what, int)
+        if got is not None:
+            r.equal(got, want, what)
 
 
 # ----------------------------------------------------------------------------- 3.7
 
-@checker("3.7", "mean_pool")
-def check_mean_pool(r: Report, mean_pool_fn) -> None:
-    B, T, H = 5, int(r.randint(6, 12, (1,))), int(r.randint(4, 10, (1,)))
-    hidden = r.randn(B, T, H)
-    lengths = torch.cat([torch.tensor([T, 1]), r.randint(2, T, (B - 2,))])
+check_mean_pool = Exercise("3.7", "mean_pool", goal="averages over the real tokens itself",
+                           forbid=[Rule("plmkit's `bert.mean_pool`", [_bert.mean_pool])])
+
+
+@check_mean_pool.cases
+def _pool_cases(g):
+    B, T, H = 5, g.int(6, 12), g.int(4, 10)
+    hidden = g.randn(B, T, H)
+    lengths = torch.cat([torch.tensor([T, 1]), g.randint(2, T, (B - 2,))])
     mask = (torch.arange(T) < lengths[:, None]).long()                # (B, T) 1 = real token
-    what = f"mean_pool(hidden {(B, T, H)}, attention_mask with rows of {lengths.tolist()} real tokens)"
-    r.close(r.call(mean_pool_fn, hidden, mask, what=what), mean_pool(hidden, mask), what)
     noisy = hidden.clone()
     noisy[mask == 0] = 1000.0                                          # what sits under padding must not matter
-    what2 = "mean_pool with large values at the padded positions (padding must not count)"
-    r.close(r.call(mean_pool_fn, noisy, mask, what=what2), mean_pool(hidden, mask), what2)
-    what3 = "mean_pool(hidden, attention_mask) with a boolean attention_mask"
-    r.close(r.call(mean_pool_fn, hidden, mask.bool(), what=what3), mean_pool(hidden, mask), what3)
-    ones = torch.ones(B, T, dtype=torch.long)
-    what4 = "mean_pool with no padding at all (must equal hidden.mean(dim=1))"
-    r.close(r.call(mean_pool_fn, hidden, ones, what=what4), hidden.mean(1), what4)
+    h64 = g.randn(3, 4, 5, dtype=torch.float64)
+    m64 = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    return [
+        {"args": [hidden, mask], "grad": [], "want": [hidden, mask],
+         "what": f"mean_pool(hidden {(B, T, H)}, attention_mask with rows of {lengths.tolist()} real tokens)"},
+        {"args": [noisy, mask], "grad": [], "want": [hidden, mask],
+         "what": "mean_pool with large values at the padded positions (padding must not count)"},
+        {"args": [hidden, mask.bool()], "grad": [], "want": [hidden, mask],
+         "what": "mean_pool(hidden, attention_mask) with a boolean attention_mask"},
+        {"args": [hidden, torch.ones(B, T, dtype=torch.long)], "grad": [], "want": [hidden, torch.ones(B, T)],
+         "what": "mean_pool with no padding at all (must equal hidden.mean(dim=1))"},
+        {"args": [h64, m64], "grad": [0], "cotangent": g.randn(3, 5, dtype=torch.float64), "want": [h64, m64],
+         "what": "mean_pool(hidden (3, 4, 5) in float64, attention_mask), with the gradient"},
+    ]
+
+
+@check_mean_pool.probe
+def _pool_probe(p, mean_pool, cases):
+    return [p.call(mean_pool, *c["args"], grad=c["grad"], cotangent=c.get("cotangent")) for c in cases]
+
+
+def _pool_ref(hidden, mask):
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1)
+
+
+@check_mean_pool.judge
+def _pool_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        want = _pool_ref(*c["want"])
+        got = r.value(rec, c["what"])
+        if got is None:
+            continue
+        hidden, mask = c["want"]
+
+        def hint(g, hidden=hidden, mask=mask):
+            if torch.allclose(g.double(), hidden.mean(1).double(), atol=1e-5):
+                return "that is the mean over every position, padding included"
+            if torch.allclose(g.double(), (hidden * mask.unsqueeze(-1)).sum(1).double() / hidden.shape[1], atol=1e-5):
+                return "divided by T; divide by the number of real tokens of each row"
+            return ""
+        r.close(got, want, c["what"], atol=1e-5 if hidden.dtype == torch.float32 else 1e-10, hint=hint)
+        if c["grad"]:
+            r.grads_close(rec, reference_grads(_pool_ref, c), c["what"])
+    r.check(not any(rec["mutated"] for rec in results), "mean_pool changed hidden or attention_mask in place")

@@ -1,9 +1,16 @@
 """Checkers for chapter 2, attention and the Transformer.
 
-Each one runs the learner's code on fresh random inputs, compares it with
-plmkit.nn's reference, and names the classic bug when it sees one: softmax
-over the wrong axis, a missing 1/sqrt(D), a mask applied after the softmax,
-heads merged in the wrong order, a Post-LN block where a Pre-LN one was asked.
+    2.1 attention            softmax(q k^T / sqrt(D), masked) v, and the weights; differentiable
+    2.2 causal_mask          boolean (T, T), True on and below the diagonal
+    2.3 split/merge heads    (B, T, C) <-> (B, H, T, D), channels [head 0 | head 1 | ...]
+    2.4 sinusoidal_encoding  sin on even channels, cos on odd, frequencies 10000^(2i / C)
+    2.5 layer_norm           biased variance, eps inside the root, any leading dims, dtype kept
+    2.6 pre_ln_block         x + attn(norm1(x)), then + ffn(norm2(.)), judged against plmkit's
+                             Pre-LN EncoderBlock loaded with the same weights
+
+Each names the classic bug when it sees one: softmax over the wrong axis, a
+missing 1/sqrt(D), a mask applied after the softmax, heads merged in the wrong
+order, a Post-LN block where a Pre-LN one was asked.
 """
 from __future__ import annotations
 
@@ -12,21 +19,88 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import nn as pn
-from ._core import Report, checker
+from ..nn import attention as _attn
+from ..nn import blocks as _blocks
+from ..nn import norms as _norms
+from ..nn import positional as _pos
+from ._core import Exercise, reference_grads
+from ._guard import Rule, aten_ops
 
-_NO_LIBRARY = "this exercise asks you to build it from matrix products, masked_fill and softmax"
+SDPA = Rule("`F.scaled_dot_product_attention`",
+            [F.scaled_dot_product_attention, *aten_ops(
+                "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_attention_math",
+                "_fused_sdp_choice", "_native_multi_head_attention")])
+TORCH_MHA = Rule("`nn.MultiheadAttention`", [torch.nn.MultiheadAttention, F.multi_head_attention_forward])
+PLMKIT_ATTENTION = Rule("plmkit's `pn.scaled_dot_product_attention` / `pn.MultiHeadAttention`",
+                        [_attn.scaled_dot_product_attention, _attn.MultiHeadAttention])
 
 
-def _pair(r: Report, result, what: str):
-    """The learner's attention must return (output, weights); fail clearly otherwise."""
-    ok = isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)
-    r.check(ok, f"{what}: expected a tuple (output, weights) of two tensors, got {type(result).__name__}")
-    return result if ok else (None, None)
+# ----------------------------------------------------------------------------- 2.1
+
+check_attention = Exercise("2.1", "attention",
+                           goal="computes attention itself from matrix products, masked_fill and softmax",
+                           forbid=[SDPA, TORCH_MHA, PLMKIT_ATTENTION])
 
 
-def _diagnose_attention(q, k, v, mask, weights) -> str:
-    """Name the bug whose weights match what the learner returned, if any."""
+@check_attention.cases
+def _attention_cases(g):
+    B, H, Tq, Tk, D = 2, 3, 4, 6, 16
+    pad = torch.ones(B, 1, 1, Tk, dtype=torch.bool)
+    pad[1, ..., -2:] = False
+    rand = g.randn(B, 1, Tq, Tk) > 0
+    rand[..., 0] = True                                           # every query may see at least key 0
+    shapes = [("no mask, q (2, 3, 4, 16), k and v (2, 3, 6, 16)", (B, H, Tq, Tk), None),
+              ("a causal mask (5, 5) on self-attention", (B, H, 5, 5), torch.ones(5, 5, dtype=torch.bool).tril()),
+              ("a padding mask (2, 1, 1, 6) hiding the last 2 keys of batch 1", (B, H, Tq, Tk), pad),
+              ("a random boolean mask (2, 1, 4, 6)", (B, H, Tq, Tk), rand)]
+    cases = []
+    for what, (b, h, tq, tk), mask in shapes:
+        cases.append({"q": g.randn(b, h, tq, D) * 2, "k": g.randn(b, h, tk, D) * 2, "v": g.randn(b, h, tk, D),
+                      "mask": mask, "what": f"attention(q, k, v, mask) with {what}"})
+    # blocked keys: their values must not leak into the output
+    q, k, v = g.randn(1, 1, 3, 8), g.randn(1, 1, 4, 8), g.randn(1, 1, 4, 8)
+    keep = torch.tensor([True, True, False, False])
+    v2 = v.clone()
+    v2[..., 2:, :] += 100.0
+    blocked = "attention(q, k, v, mask) with keys 2 and 3 blocked"
+    cases.append({"q": q, "k": k, "v": v, "mask": keep, "what": blocked})
+    cases.append({"q": q, "k": k, "v": v2, "mask": keep, "what": blocked + " and their values changed by +100"})
+    # 3-D inputs (no head axis) and float64
+    cases.append({"q": g.randn(2, 5, 4), "k": g.randn(2, 7, 4), "v": g.randn(2, 7, 3), "mask": None,
+                  "what": "attention(q, k, v) for 3-D q (2, 5, 4), k (2, 7, 4), v (2, 7, 3) (no head axis)"})
+    grad = {"q": g.randn(1, 2, 3, 4, dtype=torch.float64), "k": g.randn(1, 2, 5, 4, dtype=torch.float64),
+            "v": g.randn(1, 2, 5, 4, dtype=torch.float64), "mask": g.randn(1, 1, 3, 5) > -0.5,
+            "what": "attention(q, k, v, mask) in float64, gradients of the output"}
+    grad["mask"][..., 0] = True
+    grad["cotangent"] = g.randn(1, 2, 3, 4, dtype=torch.float64)
+    cases.append(grad)
+    return cases
+
+
+def _ref_attention(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, dim=-1)
+    return w @ v, w
+
+
+@check_attention.probe
+def _attention_probe(p, attention, cases):
+    out = []
+    for c in cases:
+        if "cotangent" in c:
+            out.append(p.call(lambda q, k, v, m: attention(q, k, v, m)[0], c["q"], c["k"], c["v"], c["mask"],
+                              grad=(0, 1, 2), cotangent=c["cotangent"]))
+        else:
+            out.append(p.call(attention, c["q"], c["k"], c["v"], c["mask"]))
+    return out
+
+
+def _diagnose_attention(q, k, v, mask):
+    """A hint that names the bug whose weights match what the learner returned."""
     D = q.shape[-1]
     scores = q @ k.transpose(-2, -1)
     blocked = (lambda s: s.masked_fill(~mask, float("-inf"))) if mask is not None else (lambda s: s)
@@ -41,204 +115,353 @@ def _diagnose_attention(q, k, v, mask, weights) -> str:
             torch.softmax(scores / math.sqrt(D), dim=-1) * mask
         candidates["the mask is inverted (True must mean 'may attend')"] = \
             torch.softmax(scores.masked_fill(mask, float("-inf")) / math.sqrt(D), dim=-1).nan_to_num(0.0)
-    for name, cand in candidates.items():
-        if weights is not None and weights.shape == cand.shape and torch.allclose(weights.detach(), cand, atol=1e-5):
-            return f" (looks like {name})"
-    return ""
+        candidates["the mask is ignored"] = torch.softmax(scores / math.sqrt(D), dim=-1)
+
+    def hint(w):
+        for name, cand in candidates.items():
+            if w.shape == cand.shape and torch.allclose(w.double(), cand.double(), atol=1e-5):
+                return f"looks like {name}"
+        return ""
+    return hint
 
 
-@checker("2.1", "attention")
-def check_attention(r: Report, attention) -> None:
-    r.forbid_calls(attention, {"scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention"},
-                   _NO_LIBRARY)
-    B, H, Tq, Tk, D = 2, 3, 4, 6, 16
-    causal = pn.causal_mask(5)
-    pad = torch.ones(B, 1, 1, Tk, dtype=torch.bool)
-    pad[1, ..., -2:] = False
-    rand = r.randn(B, 1, Tq, Tk) > 0
-    rand[..., 0] = True                                           # every query may see at least key 0
-    cases = [
-        ("no mask, q (2, 3, 4, 16), k and v (2, 3, 6, 16)", (B, H, Tq, Tk), None),
-        ("a causal mask (5, 5) on self-attention", (B, H, 5, 5), causal),
-        ("a padding mask (2, 1, 1, 6) hiding the last 2 keys of batch 1", (B, H, Tq, Tk), pad),
-        ("a random boolean mask (2, 1, 4, 6)", (B, H, Tq, Tk), rand),
-    ]
-    for what, (b, h, tq, tk), mask in cases:
-        q, k, v = r.randn(b, h, tq, D) * 2, r.randn(b, h, tk, D) * 2, r.randn(b, h, tk, D)
-        want_out, want_w = pn.scaled_dot_product_attention(q, k, v, mask, return_weights=True)
-        call = f"attention(q, k, v, mask) with {what}"
-        out, w = _pair(r, r.call(attention, q, k, v, mask, what=call), call)
-        if out is None:
-            r.check(False, f"{call}: no weights to compare")
-            r.check(False, f"{call}: no output to compare")
+@check_attention.judge
+def _attention_judge(r, cases, results):
+    blocked_outputs = []
+    for c, rec in zip(cases, results):
+        q, k, v, mask, what = c["q"], c["k"], c["v"], c["mask"], c["what"]
+        want_out, want_w = _ref_attention(q, k, v, mask)
+        if "cotangent" in c:
+            got = r.value(rec, what)
+            if got is not None and r.close(got, want_out, what, atol=1e-10):
+                case = {"args": [q, k, v, mask], "grad": [0, 1, 2], "cotangent": c["cotangent"]}
+                r.grads_close(rec, reference_grads(lambda *a: _ref_attention(*a)[0], case), what)
             continue
-        hint = _diagnose_attention(q, k, v, mask, w) if w.shape == want_w.shape else ""
-        if not r.close(w, want_w, f"{call}, the weights{hint}"):
-            r.check(False, f"{call}: the output is wrong because the weights are")
-        else:
-            r.close(out, want_out, f"{call}, the output")
-    # blocked keys must get exactly zero weight and must not leak into the output
-    q, k, v = r.randn(1, 1, 3, 8), r.randn(1, 1, 4, 8), r.randn(1, 1, 4, 8)
-    mask = torch.tensor([True, True, False, False])
-    v_changed = v.clone()
-    v_changed[..., 2:, :] += 100.0
-    call = "attention(q, k, v, mask) with keys 2 and 3 blocked"
-    out1, w1 = _pair(r, r.call(attention, q, k, v, mask, what=call), call)
-    out2, _ = _pair(r, r.call(attention, q, k, v_changed, mask, what=call), call)
-    if w1 is not None and out2 is not None:
-        r.check(bool((w1[..., 2:] == 0).all()), f"{call}: blocked keys must get weight exactly 0, "
-                                                f"got up to {w1[..., 2:].abs().max().item():.3g}")
-        r.check(torch.allclose(out1, out2, atol=1e-4),
-                f"{call}: changing the values of blocked keys changed the output")
-    else:
-        r.total += 2
-        r.failures.append(f"{call}: could not test the blocked keys")
-
-
-@checker("2.2", "causal_mask")
-def check_causal_mask(r: Report, causal_mask) -> None:
-    sizes = [1, 4, int(r.randint(5, 12, (1,)))]
-    for T in sizes:
-        want = pn.causal_mask(T)
-        what = f"causal_mask({T})" if T != sizes[-1] else "causal_mask(T) for a random T between 5 and 11"
-        got = r.call(causal_mask, T, what=what)
-        if not isinstance(got, torch.Tensor):
-            r.check(False, f"{what}: expected a torch.Tensor, got {type(got).__name__}")
-            r.check(False, f"{what}: no values to compare")
+        got = r.value(rec, what, tuple)
+        if got is None:
             continue
-        r.check(got.dtype == torch.bool, f"{what}: expected dtype torch.bool (True = may attend), got {got.dtype}")
-        if tuple(got.shape) != (T, T):
-            r.check(False, f"{what}: expected shape {(T, T)}, got {tuple(got.shape)}")
-        elif torch.equal(got.bool(), want):
-            r.check(True, "")
-        elif torch.equal(got.bool(), want.T):
-            r.check(False, f"{what}: this mask lets position i see the FUTURE (upper triangle); "
-                           "query i may attend to keys j <= i")
-        elif torch.equal(got.bool(), want.tril(-1)):
-            r.check(False, f"{what}: the diagonal is False, so a position cannot attend to itself "
-                           "(and position 0 sees nothing)")
-        elif torch.equal(got.bool(), ~want):
-            r.check(False, f"{what}: True/False are swapped; True must mean 'may attend'")
+        if not r.check(len(got) == 2, f"{what}: expected a tuple (output, weights), got {len(got)} items"):
+            continue
+        out, w = got
+        if r.close(w, want_w, f"{what}, the weights", hint=_diagnose_attention(q, k, v, mask)):
+            r.close(out, want_out, f"{what}, the output")
         else:
-            r.check(False, f"{what}: expected {want.int().tolist()}, got {got.int().tolist()}")
+            r.fail(f"{what}: the output is wrong because the weights are")
+        if "blocked" in what and isinstance(w, torch.Tensor):
+            blocked_outputs.append(out)
+            r.check(w.shape == want_w.shape and bool((w[..., 2:] == 0).all()),
+                    f"{what}: blocked keys must get weight exactly 0 (masked_fill with -inf before the softmax)")
+    if len(blocked_outputs) == 2 and all(isinstance(o, torch.Tensor) for o in blocked_outputs):
+        a, b = blocked_outputs
+        r.check(a.shape == b.shape and torch.allclose(a, b, atol=1e-4),
+                "changing the values of blocked keys changed the output: blocked keys leak")
+    r.check(not any(rec["mutated"] for rec in results), "attention changed q, k, v or the mask in place")
 
 
-@checker("2.3", "split_merge_heads")
-def check_heads(r: Report, split_heads, merge_heads) -> None:
-    for B, T, H, D in [(2, 5, 3, 4), (1, 1, 2, 6), (3, 7, 4, 2)]:
-        x = r.randn(B, T, H * D)
+# ----------------------------------------------------------------------------- 2.2
+
+def _triangle(T):
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+CAUSAL_RULES = [Rule("plmkit's `pn.causal_mask`", [_attn.causal_mask]),
+                Rule("`nn.Transformer.generate_square_subsequent_mask`",
+                     [torch.nn.Transformer.generate_square_subsequent_mask])]
+
+
+def causal_mask_checker(exercise: str) -> Exercise:
+    """The causal-mask exercise (chapter 2 and again in chapter 4)."""
+    ex = Exercise(exercise, "causal_mask", goal="builds the mask itself (torch.ones + tril, or a comparison)",
+                  forbid=CAUSAL_RULES)
+
+    @ex.cases
+    def _(g):
+        return [1, 2, 4, g.int(5, 12)]
+
+    @ex.probe
+    def _(p, causal_mask, cases):
+        return [p.call(causal_mask, T) for T in cases]
+
+    @ex.judge
+    def _(r, cases, results):
+        for T, rec in zip(cases, results):
+            want = _triangle(T)
+            what = f"causal_mask({T})"
+            got = r.value(rec, what, torch.Tensor)
+            if got is None:
+                continue
+
+            def hint(got, want=want, T=T):
+                got = got.bool()
+                if torch.equal(got, want.T):
+                    return ("the mask is transposed: it lets position i see the FUTURE (upper triangle); "
+                            "query i may attend to keys j <= i")
+                if torch.equal(got, ~want) and T > 1:
+                    return "True/False are swapped; True must mean 'may attend'"
+                if torch.equal(got, want.tril(-1)):
+                    return "the diagonal is False: a position may attend to itself"
+                return ""
+            if got.dtype != torch.bool:
+                r.fail(f"{what}: expected a boolean tensor (True = may attend), got dtype {got.dtype}")
+                continue
+            r.close(got, want, what, hint=hint)
+    return ex
+
+
+check_causal_mask = causal_mask_checker("2.2")
+
+
+# ----------------------------------------------------------------------------- 2.3
+
+check_heads = Exercise("2.3", "split_merge_heads", goal="reshapes the heads itself with view/transpose/reshape",
+                       forbid=[Rule("plmkit's `pn.split_heads` / `pn.merge_heads`",
+                                    [_attn.split_heads, _attn.merge_heads])])
+
+
+@check_heads.cases
+def _heads_cases(g):
+    return [{"shape": (B, T, H, D), "x": g.randn(B, T, H * D), "y": g.randn(B, H, T, D), "x2": g.randn(B, T, H * D)}
+            for B, T, H, D in [(2, 5, 3, 4), (1, 1, 2, 6), (3, 7, 4, 2)]]
+
+
+@check_heads.probe
+def _heads_probe(p, split_heads, merge_heads, cases):
+    out = []
+    for c in cases:
+        H = c["shape"][2]
+        out.append({"split": p.call(split_heads, c["x"], H), "merge": p.call(merge_heads, c["y"]),
+                    "round": p.call(lambda x, h: merge_heads(split_heads(x, h)), c["x2"], H)})
+    return out
+
+
+@check_heads.judge
+def _heads_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        B, T, H, D = c["shape"]
+        x, y = c["x"], c["y"]
         what = f"split_heads(x, n_heads={H}) for x of shape {(B, T, H * D)}"
-        got = r.call(split_heads, x, H, what=what)
-        if r.close(got, pn.split_heads(x, H), what, atol=0, rtol=0) is False and isinstance(got, torch.Tensor) \
-                and got.shape == (B, H, T, D) and torch.equal(got, x.view(B, H, T, D)):
-            r.failures[-1] += " (x.view(B, H, T, D) mixes positions into heads: view as (B, T, H, D), then transpose)"
-        y = r.randn(B, H, T, D)
+        got = r.value(rec["split"], what)
+        if got is not None:
+            r.close(got, x.view(B, T, H, D).transpose(1, 2), what, atol=0, rtol=0,
+                    hint=lambda g: "x.view(B, H, T, D) mixes positions into heads: view as (B, T, H, D), then "
+                                   "transpose(1, 2)" if torch.equal(g, x.view(B, H, T, D)) else "")
         what = f"merge_heads(y) for y of shape {(B, H, T, D)}"
-        got = r.call(merge_heads, y, what=what)
-        want = pn.merge_heads(y)
-        if not r.close(got, want, what, atol=0, rtol=0) and isinstance(got, torch.Tensor) and got.shape == want.shape:
-            if torch.equal(got, y.reshape(B, T, H * D)):
-                r.failures[-1] += " (reshaped without moving the head axis next to D: transpose(1, 2) first)"
-            elif torch.equal(got, y.permute(0, 2, 3, 1).reshape(B, T, H * D)):
-                r.failures[-1] += " (heads merged in the wrong order: channels must be [head 0 | head 1 | ...])"
-        x = r.randn(B, T, H * D)
+        got = r.value(rec["merge"], what)
+        if got is not None:
+            def hint(g, y=y):
+                if torch.equal(g, y.reshape(B, T, H * D)):
+                    return "reshaped without moving the head axis next to D: transpose(1, 2) first"
+                if torch.equal(g, y.permute(0, 2, 3, 1).reshape(B, T, H * D)):
+                    return "heads merged in the wrong order: channels must be [head 0 | head 1 | ...]"
+                return ""
+            r.close(got, y.transpose(1, 2).reshape(B, T, H * D), what, atol=0, rtol=0, hint=hint)
         what = f"merge_heads(split_heads(x, {H})) must give x back for x of shape {(B, T, H * D)}"
-        split = r.call(split_heads, x, H, what=what)
-        r.close(r.call(merge_heads, split, what=what), x, what, atol=0, rtol=0)
+        got = r.value(rec["round"], what)
+        if got is not None:
+            r.close(got, c["x2"], what, atol=0, rtol=0)
+    r.check(not any(v["mutated"] for rec in results for v in rec.values()),
+            "split_heads or merge_heads changed its input in place")
 
 
-@checker("2.4", "sinusoidal_encoding")
-def check_sinusoidal(r: Report, sinusoidal_encoding) -> None:
-    T_rand, C_rand = int(r.randint(5, 40, (1,))), 2 * int(r.randint(2, 17, (1,)))
-    for T, C, what in [(1, 2, "sinusoidal_encoding(1, 2)"), (6, 8, "sinusoidal_encoding(6, 8)"),
-                       (T_rand, C_rand, "sinusoidal_encoding(T, C) for random T < 40 and even C <= 32")]:
-        want = pn.sinusoidal_table(T, C)
-        got = r.call(sinusoidal_encoding, T, C, what=what)
-        if r.close(got, want, what, atol=1e-4) or not isinstance(got, torch.Tensor) or got.shape != want.shape:
+# ----------------------------------------------------------------------------- 2.4
+
+check_sinusoidal = Exercise("2.4", "sinusoidal_encoding", goal="builds the sine/cosine table itself",
+                            forbid=[Rule("plmkit's `pn.sinusoidal_table` / `SinusoidalPositionalEncoding`",
+                                         [_pos.sinusoidal_table, _pos.SinusoidalPositionalEncoding])])
+
+
+@check_sinusoidal.cases
+def _sin_cases(g):
+    return [(1, 2), (6, 8), (g.int(5, 40), 2 * g.int(2, 17)), (50, 64)]
+
+
+@check_sinusoidal.probe
+def _sin_probe(p, sinusoidal_encoding, cases):
+    return [p.call(sinusoidal_encoding, T, C) for T, C in cases]
+
+
+def _sin_ref(T, C):
+    pos = torch.arange(T, dtype=torch.float64)[:, None]
+    angle = pos / 10000 ** (torch.arange(0, C, 2, dtype=torch.float64) / C)
+    pe = torch.zeros(T, C, dtype=torch.float64)
+    pe[:, 0::2], pe[:, 1::2] = angle.sin(), angle.cos()
+    return pe.float()
+
+
+@check_sinusoidal.judge
+def _sin_judge(r, cases, results):
+    for (T, C), rec in zip(cases, results):
+        want = _sin_ref(T, C)
+        what = f"sinusoidal_encoding({T}, {C})"
+        got = r.value(rec, what, torch.Tensor)
+        if got is None:
             continue
-        g = got.detach().double()
-        if torch.allclose(g[:, 0::2], want[:, 1::2].double(), atol=1e-4):
-            r.failures[-1] += " (sin and cos are swapped: even channels are sin, odd channels cos)"
-        elif T > 1 and not torch.allclose(g[:, 2::2], want[:, 2::2].double(), atol=1e-4):
-            r.failures[-1] += " (check the frequencies: pair i uses 10000^(2i / C))"
+
+        def hint(g, want=want, T=T):
+            g = g.double()
+            if torch.allclose(g[:, 0::2], want[:, 1::2].double(), atol=1e-4):
+                return "sin and cos are swapped: even channels are sin, odd channels cos"
+            if T > 1 and not torch.allclose(g[:, 2::2], want[:, 2::2].double(), atol=1e-4):
+                return "check the frequencies: pair i uses 10000^(2i / C)"
+            return ""
+        r.close(got, want, what, atol=1e-4, hint=hint)
 
 
-@checker("2.5", "layer_norm")
-def check_layer_norm(r: Report, layer_norm) -> None:
-    r.forbid_calls(layer_norm, {"layer_norm", "LayerNorm", "group_norm", "batch_norm", "instance_norm"},
-                   "this exercise asks you to build it from mean, var and sqrt")
+# ----------------------------------------------------------------------------- 2.5
+
+TORCH_NORMS = Rule("torch's layer norm (`F.layer_norm`, `nn.LayerNorm`, or another normalisation op)",
+                   [F.layer_norm, torch.layer_norm, F.group_norm, F.batch_norm, F.instance_norm,
+                    torch.nn.LayerNorm, *aten_ops("native_layer_norm", "layer_norm", "native_group_norm",
+                                                  "native_batch_norm", "_native_batch_norm_legit",
+                                                  "_native_batch_norm_legit_no_training", "rms_norm",
+                                                  "_fused_rms_norm")])
+PLMKIT_NORMS = Rule("plmkit's `pn.layer_norm` / `pn.LayerNorm`", [_norms.layer_norm, _norms.LayerNorm])
+
+check_layer_norm = Exercise("2.5", "layer_norm", goal="normalises with mean, var and sqrt itself",
+                            forbid=[TORCH_NORMS, PLMKIT_NORMS])
+
+
+@check_layer_norm.cases
+def _ln_cases(g):
     C = 10
-    x = r.randn(2, 3, C)
+    x = g.randn(2, 3, C)
     x2 = x.clone()
     x2[1] *= 50.0
-    what = "layer_norm on a batch where one sequence is scaled by 50"
-    a = r.call(layer_norm, x, torch.ones(C), torch.zeros(C), 1e-5, what=what)
-    b2 = r.call(layer_norm, x2, torch.ones(C), torch.zeros(C), 1e-5, what=what)
-    r.check(isinstance(a, torch.Tensor) and isinstance(b2, torch.Tensor) and torch.allclose(a[0], b2[0], atol=1e-5),
-            f"{what}: the other sequence's result changed; statistics must be per token (over the last dim only)")
     cases = [
-        ("x of shape (3, 4, 10) with random weight and bias", r.randn(3, 4, C) * 3 + 1, r.randn(C), r.randn(C), 1e-5),
-        ("x of shape (5, 2): two channels", r.randn(5, 2) * 2, r.randn(2), r.randn(2), 1e-5),
-        ("x of shape (4, 10) with eps=0.5 and small values", r.randn(4, C) * 0.3, r.randn(C), r.randn(C), 0.5),
+        ("x of shape (3, 4, 10) with random weight and bias", g.randn(3, 4, C) * 3 + 1, g.randn(C), g.randn(C), 1e-5),
+        ("x of shape (5, 2): two channels", g.randn(5, 2) * 2, g.randn(2), g.randn(2), 1e-5),
+        ("x of shape (10,): one vector", g.randn(C) * 2, g.randn(C), g.randn(C), 1e-5),
+        ("x of shape (4, 10) with eps=0.5 and small values", g.randn(4, C) * 0.3, g.randn(C), g.randn(C), 0.5),
         ("x of shape (6, 10) whose rows have very different scales",
-         r.randn(6, C) * torch.logspace(-2, 2, 6)[:, None], torch.ones(C), torch.zeros(C), 1e-5),
+         g.randn(6, C) * torch.logspace(-2, 2, 6)[:, None], torch.ones(C), torch.zeros(C), 1e-5),
+        ("x of shape (2, 3, 10) (the first of a pair)", x, torch.ones(C), torch.zeros(C), 1e-5),
+        ("the same x with sequence 1 scaled by 50: sequence 0's result must not change", x2,
+         torch.ones(C), torch.zeros(C), 1e-5),
     ]
-    for what, x, w, b, eps in cases:
-        call = f"layer_norm(x, weight, bias, eps={eps}) for {what}"
-        got = r.call(layer_norm, x, w, b, eps, what=call)
-        want = F.layer_norm(x, (x.shape[-1],), w, b, eps)
-        if r.close(got, want, call, atol=1e-4) or not isinstance(got, torch.Tensor) or got.shape != want.shape:
+    out = [{"args": [x, w, b, eps], "what": what, "grad": []} for what, x, w, b, eps in cases]
+    x = g.randn(3, 4, 6, dtype=torch.float64)
+    out.append({"args": [x, g.randn(6, dtype=torch.float64), g.randn(6, dtype=torch.float64), 1e-5],
+                "what": "x of shape (3, 4, 6) in float64, with gradients for x, weight and bias",
+                "grad": [0, 1, 2], "cotangent": g.randn(3, 4, 6, dtype=torch.float64)})
+    return out
+
+
+@check_layer_norm.probe
+def _ln_probe(p, layer_norm, cases):
+    return [p.call(layer_norm, *c["args"], grad=c["grad"], cotangent=c.get("cotangent")) for c in cases]
+
+
+def _ln_ref(x, w, b, eps):
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+@check_layer_norm.judge
+def _ln_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        x, w, b, eps = c["args"]
+        want = _ln_ref(x, w, b, eps)
+        what = f"layer_norm(x, weight, bias, eps={eps}) for {c['what']}"
+        got = r.value(rec, what)
+        if got is None:
             continue
-        unbiased = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
-        std_eps = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + eps) * w + b
-        if torch.allclose(got.detach(), unbiased, atol=1e-4):
-            r.failures[-1] += " (LayerNorm uses the biased variance: divide by C, e.g. var(unbiased=False))"
-        elif torch.allclose(got.detach(), std_eps, atol=1e-4):
-            r.failures[-1] += " (eps goes inside the square root: sqrt(var + eps))"
+
+        def hint(g, x=x, w=w, b=b, eps=eps):
+            g = g.double()
+            unbiased = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
+            std_eps = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + eps) * w + b
+            over_all = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + eps) * w + b
+            if torch.allclose(g, unbiased.double(), atol=1e-4):
+                return "LayerNorm uses the biased variance: divide by C, e.g. var(unbiased=False)"
+            if torch.allclose(g, std_eps.double(), atol=1e-4):
+                return "eps goes inside the square root: sqrt(var + eps)"
+            if torch.allclose(g, over_all.double(), atol=1e-4):
+                return "statistics taken over the whole tensor: take them over the last dim only (dim=-1)"
+            return ""
+        r.close(got, want, what, atol=1e-4 if x.dtype == torch.float32 else 1e-9, hint=hint)
+        if c["grad"]:
+            r.grads_close(rec, reference_grads(_ln_ref, c), what, atol=1e-9)
+    r.check(not any(rec["mutated"] for rec in results), "layer_norm changed x, weight or bias in place")
 
 
-def _reference_pre_ln(block, x, mask):
-    h = x + block.attn(block.norm1(x), mask=mask)
-    return h + block.ffn(block.norm2(h))
+# ----------------------------------------------------------------------------- 2.6
+
+check_pre_ln_block = Exercise(
+    "2.6", "pre_ln_block", goal="arranges its own Pre-LN block",
+    forbid=[Rule("plmkit's `pn.EncoderBlock` / `pn.DecoderBlock`", [_blocks.EncoderBlock, _blocks.DecoderBlock]),
+            Rule("`nn.TransformerEncoderLayer`", [torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer])])
+
+_C, _H, _F = 16, 4, 32
 
 
-@checker("2.6", "pre_ln_block")
-def check_pre_ln_block(r: Report, PreLNBlock) -> None:
-    C, H, F_ = 16, 4, 32
-    with torch.random.fork_rng():                             # fresh weights, the notebook's RNG untouched
-        torch.manual_seed(int(r.randint(0, 2**31 - 1, (1,))))
-        block = r.call(PreLNBlock, C, H, F_, what=f"PreLNBlock({C}, {H}, {F_})")
-    missing = [n for n in ("attn", "norm1", "ffn", "norm2") if not isinstance(getattr(block, n, None), torch.nn.Module)]
-    if not r.check(not missing, f"PreLNBlock is missing the submodules {missing} (keep the __init__ as given)"):
-        return
-    block.eval()
-    with torch.no_grad():
-        for norm in (block.norm1, block.norm2):               # make the norms do more than the identity
-            for p in norm.parameters():
-                p.add_(torch.randn(p.shape, generator=r.gen) * 0.5)
-    x = r.randn(2, 5, C) * 2
+def _reference_block(state, norm_first=True):
+    block = _blocks.EncoderBlock(_C, _H, _F, norm_first=norm_first)
+    block.load_state_dict(state)
+    return block.eval()
+
+
+@check_pre_ln_block.cases
+def _block_cases(g):
+    with torch.random.fork_rng():
+        torch.manual_seed(g.seed_int())
+        template = _blocks.EncoderBlock(_C, _H, _F, norm_first=True).state_dict()
+    state = {k: g.randn(*v.shape) * (0.5 if v.ndim == 1 else 0.3) + (1.0 if "norm" in k and "weight" in k else 0.0)
+             for k, v in template.items()}
+    silent = {k: (torch.zeros_like(v) if k.startswith(("attn.out_proj", "ffn.fc2")) else v.clone())
+              for k, v in state.items()}
     keep = torch.ones(2, 5, dtype=torch.bool)
     keep[1, 3:] = False
-    for what, mask in [("x of shape (2, 5, 16), no mask", None),
-                       ("x of shape (2, 5, 16) with a padding mask (2, 1, 1, 5)", pn.padding_mask(keep)),
-                       ("x of shape (2, 5, 16) with a causal mask (5, 5)", pn.causal_mask(5))]:
-        call = f"PreLNBlock.forward for {what}"
+    x = g.randn(2, 5, _C) * 2
+    return {"state": state, "silent": silent, "seed": g.seed_int(), "x": x,
+            "runs": [("x of shape (2, 5, 16), no mask", None),
+                     ("x of shape (2, 5, 16) with a padding mask (2, 1, 1, 5)", keep[:, None, None, :]),
+                     ("x of shape (2, 5, 16) with a causal mask (5, 5)", torch.ones(5, 5, dtype=torch.bool).tril())],
+            "cotangent": g.randn(2, 5, _C)}
+
+
+@check_pre_ln_block.probe
+def _block_probe(p, PreLNBlock, cases):
+    with torch.random.fork_rng():                         # the notebook's RNG stays untouched
+        torch.manual_seed(cases["seed"])
+        block = p.run(PreLNBlock, _C, _H, _F)
+    missing = [n for n in ("attn", "norm1", "ffn", "norm2")
+               if not isinstance(getattr(block, n, None), torch.nn.Module)]
+    if missing:
+        raise ValueError(f"PreLNBlock is missing the submodules {missing} (keep the __init__ as given)")
+    block.load_state_dict(cases["state"])                 # the same weights as the reference's
+    block.eval()
+    out = {"runs": [p.call(block, cases["x"], mask) for _, mask in cases["runs"]],
+           "grad": p.call(block, cases["x"], None, grad=(0,), cotangent=cases["cotangent"])}
+    block.load_state_dict(cases["silent"])
+    out["silent"] = p.call(block, cases["x"], None)
+    return out
+
+
+@check_pre_ln_block.judge
+def _block_judge(r, cases, results):
+    ref, post = _reference_block(cases["state"]), _reference_block(cases["state"], norm_first=False)
+    x = cases["x"]
+    for (what, mask), rec in zip(cases["runs"], results["runs"]):
+        what = f"PreLNBlock.forward for {what}"
         with torch.no_grad():
-            got = r.call(block, x, mask, what=call)
-            want = _reference_pre_ln(block, x, mask)
-            if not r.close(got, want, call) and isinstance(got, torch.Tensor) and got.shape == want.shape:
-                post = block.norm1(x + block.attn(x, mask=mask))
-                post = block.norm2(post + block.ffn(post))
-                no_mask = _reference_pre_ln(block, x, None)
-                if torch.allclose(got, post, atol=1e-5):
-                    r.failures[-1] += " (this is the Post-LN arrangement: normalise the sub-layer's input, not the sum)"
-                elif mask is not None and torch.allclose(got, no_mask, atol=1e-5):
-                    r.failures[-1] += " (the mask was not passed to the attention)"
-    # the Pre-LN identity path: with both sub-layers silenced, the block returns its input unchanged
-    with torch.no_grad():
-        for lin in (block.attn.out_proj, block.ffn.fc2):
-            lin.weight.zero_()
-            if lin.bias is not None:
-                lin.bias.zero_()
-        call = "PreLNBlock.forward with attention and FFN outputs zeroed (a Pre-LN block must then return x itself)"
-        r.close(r.call(block, x, None, what=call), x, call)
+            want, want_post, want_nomask = ref(x, mask), post(x, mask), ref(x, None)
+        got = r.value(rec, what)
+        if got is None:
+            continue
+
+        def hint(g, want_post=want_post, want_nomask=want_nomask, mask=mask):
+            if torch.allclose(g, want_post, atol=1e-5):
+                return "this is the Post-LN arrangement: normalise the sub-layer's input, not the sum"
+            if mask is not None and torch.allclose(g, want_nomask, atol=1e-5):
+                return "the mask was not passed to the attention"
+            return ""
+        r.close(got, want, what, hint=hint)
+    what = "PreLNBlock.forward: the gradient with respect to x"
+    if r.value(results["grad"], what) is not None:
+        case = {"args": [x, None], "grad": [0], "cotangent": cases["cotangent"]}
+        r.grads_close(results["grad"], reference_grads(ref, case), what, atol=1e-4)
+    what = "PreLNBlock.forward with attention and FFN outputs zeroed (a Pre-LN block must then return x itself)"
+    got = r.value(results["silent"], what)
+    if got is not None:
+        r.close(got, x, what)
+    r.check(not results["grad"]["mutated"] and not any(rec["mutated"] for rec in results["runs"]),
+            "PreLNBlock.forward changed its input x in place: use x = x + ..., not x += ...")

@@ -9,18 +9,24 @@ Cells whose code was removed lose their outputs; ``book-only`` cells are
 dropped; every other cell keeps its id, source and stored outputs (so check
 cells keep their expected verdict). The notebook's metadata records its
 chapter, which the grader reads.
+
+Cells tagged ``grade-skip`` (demos: training runs, plots, widgets) are not run
+by ``plmkit grade``; `grading_gaps` makes sure no exercise or check cell needs
+a name that only such a cell defines.
 """
 from __future__ import annotations
 
+import builtins
 import copy
 import re
+import symtable
 from pathlib import Path
 
 from . import notebook as nbt
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise {num}: replace this line with your code")'
-BOOK_ONLY, EXERCISE_TAG = "book-only", "exercise"
+BOOK_ONLY, EXERCISE_TAG, GRADE_SKIP = "book-only", "exercise", "grade-skip"
 SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 
 
@@ -77,9 +83,62 @@ def prepare_solution(nb, chapter: str) -> bool:
     return changed
 
 
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """(global names a cell reads, names it defines at top level), from Python's symbol tables."""
+    try:
+        top = symtable.symtable(source, "<cell>", "exec")
+    except SyntaxError:
+        return set(), set()
+    reads: set[str] = set()
+
+    def walk(table):
+        for sym in table.get_symbols():
+            module = table.get_type() == "module"
+            if sym.is_referenced() and (sym.is_global() or (module and not sym.is_assigned())):
+                reads.add(sym.get_name())
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    return reads - set(dir(builtins)), defined
+
+
+def grading_gaps(nb) -> list[str]:
+    """Problems with ``grade-skip`` tags: an exercise or check cell that reads a global name
+    which, above it, only skipped cells define (the grader would fail it with a NameError).
+    """
+    graded = set()
+    for ex in nbt.exercises(nb):
+        graded.add(ex.cell_index)
+        graded.update(ex.check_indices)
+    run, skipped, problems = set(), {}, []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        reads, defined = _names(cell.source)
+        tags = _tags(cell)
+        if i in graded:
+            if GRADE_SKIP in tags:
+                problems.append(f"cell {i + 1} is an exercise or check cell: it cannot be tagged {GRADE_SKIP}")
+            for name in sorted(reads - run):
+                if name in skipped:
+                    problems.append(f"cell {i + 1} reads `{name}`, which only cell {skipped[name] + 1} "
+                                    f"defines, and that cell is tagged {GRADE_SKIP}")
+        if GRADE_SKIP in tags and i not in graded:
+            for name in defined - run:
+                skipped.setdefault(name, i)
+        else:
+            run |= defined
+    return problems
+
+
 def make_exercise_notebook(solution, chapter: str):
     """Return the learner's notebook for a (prepared) solution notebook."""
     nbt.exercises(solution)  # validates the structure
+    gaps = grading_gaps(solution)
+    if gaps:
+        raise nbt.NotebookError(f"{chapter}: {gaps[0]}")
     nb = copy.deepcopy(solution)
     cells = []
     for cell in nb.cells:
@@ -100,6 +159,67 @@ def make_exercise_notebook(solution, chapter: str):
     nb.cells = cells
     nb.metadata["plmkit"] = {"chapter": chapter, "generated_from": f"solutions/{chapter}.ipynb"}
     return nb
+
+
+def class_edition(solution, chapter: str):
+    """A (prepared) solution notebook as the *class edition* of the book shows it.
+
+    Each answer becomes the learner's stub (outputs cleared, nothing folded away);
+    prose, demo cells, check cells and their stored verdicts, and ``book-only``
+    cells stay. An instructor publishes this edition so that a class sees the
+    tasks but not the answers.
+    """
+    nbt.exercises(solution)
+    nb = copy.deepcopy(solution)
+    for cell in nb.cells:
+        if nbt.is_exercise(cell):
+            cell.source = strip_solutions(cell.source, nbt.exercise_number(cell.source))
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("mystnb", None)
+            tags = [t for t in _tags(cell) if t != "hide-input"]
+            if tags:
+                cell.metadata["tags"] = tags
+            else:
+                cell.metadata.pop("tags", None)
+        elif cell.cell_type == "code" and BEGIN in cell.source:
+            raise nbt.NotebookError(f"{chapter}: a cell holds {BEGIN} but is not an exercise cell")
+    return nb
+
+
+CLASS_EDITION_FILES = ["_config.yml", "_toc.yml", "book", "notebooks", "_vendor"]
+
+
+def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
+    """Write the book's sources to `dest` with every chapter in its class edition; return the chapters.
+
+    `jupyter-book build DEST` then builds a book without solutions.
+    """
+    import shutil
+
+    root, dest = Path(root), Path(dest)
+    src_dir = root / "solutions"
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"{src_dir} does not exist: run this from the book's root folder")
+    r, d = root.resolve(), dest.resolve()
+    if d == r or d in r.parents or d in [r / name for name in CLASS_EDITION_FILES + ["solutions", "plmkit"]]:
+        raise ValueError(f"dest must be a new folder outside the book's sources (it is replaced), got {dest}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in CLASS_EDITION_FILES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+    (dest / "solutions").mkdir()
+    chapters = []
+    for src in sorted(src_dir.glob("*.ipynb")):
+        sol = nbt.read(src)
+        prepare_solution(sol, src.stem)
+        nbt.write(class_edition(sol, src.stem), dest / "solutions" / src.name)
+        chapters.append(src.stem)
+    return chapters
 
 
 def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None) -> list[str]:

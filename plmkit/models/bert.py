@@ -508,7 +508,11 @@ class BertForMaskedLM(BertForPreTraining):
 
 
 class _TaskModel(_Base):
-    """BERT + one small task head, initialised at random (fine-tuning)."""
+    """BERT + one small task head, initialised at random (fine-tuning).
+
+    ``forward(input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+    output_hidden_states=False)`` runs the encoder, then the subclass's ``_predict``.
+    """
 
     _head = "classifier"
 
@@ -522,8 +526,15 @@ class _TaskModel(_Base):
         # The head keeps its name in Hugging Face's files ("classifier.weight", "qa_outputs.bias").
         self._head_keys = [(f"{self._head}.{p}", f"{self._head}.{p}") for p in ("weight", "bias")]
 
-    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids):
-        return self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                output_hidden_states: bool = False):
+        enc = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True)
+        return self._output(self._predict(enc.last_hidden_state), enc, output_hidden_states)
+
+    def _predict(self, hidden: torch.Tensor):
+        """The head on the encoder's output (B, T, H)."""
+        raise NotImplementedError
 
 
 class BertForSequenceClassification(_TaskModel):
@@ -540,12 +551,8 @@ class BertForSequenceClassification(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
-                output_hidden_states: bool = False):
-        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.classifier(self.drop(self.bert.pooler(enc.last_hidden_state)))   # (B, K)
-        return self._output(logits, enc, output_hidden_states)
+    def _predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(self.bert.pooler(hidden)))     # (B, K)
 
 
 class BertForTokenClassification(_TaskModel):
@@ -557,12 +564,8 @@ class BertForTokenClassification(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
-                output_hidden_states: bool = False):
-        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.classifier(self.drop(enc.last_hidden_state))       # (B, T, K)
-        return self._output(logits, enc, output_hidden_states)
+    def _predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(hidden))                        # (B, T, K)
 
 
 class BertForQuestionAnswering(_TaskModel):
@@ -579,12 +582,9 @@ class BertForQuestionAnswering(_TaskModel):
     def __init__(self, config: BertConfig):
         super().__init__(config, 2)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
-                output_hidden_states: bool = False):
-        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids)
-        start, end = self.qa_outputs(enc.last_hidden_state).unbind(-1)   # (B, T) each
-        return self._output((start, end), enc, output_hidden_states)
+    def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.qa_outputs(hidden).unbind(-1)                  # (B, T) each
+        return start, end
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

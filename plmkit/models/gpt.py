@@ -47,7 +47,8 @@ from torch import nn
 
 from . import hub
 from .common import init_weights_
-from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding
+from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding, StaticKVCache, build_attention_mask
+from ..nn.validation import check_token_ids
 from .outputs import ModelOutput
 
 __all__ = ["GPTConfig", "GPT"]
@@ -207,8 +208,6 @@ class GPT(nn.Module):
         for name, value, hi in (("batch_size", batch_size, None), ("max_length", max_length, self.config.n_positions)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (hi and value > hi):
                 raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}] for a static cache, got {value!r}")
-        from ..nn import StaticKVCache
-
         ref = self.wte.weight
         c = self.config
         return [StaticKVCache(batch_size, c.n_head, max_length, c.n_embd // c.n_head,
@@ -246,28 +245,23 @@ class GPT(nn.Module):
             raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
                              f"per key position, cached and new, 1 = real token; got "
                              f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
-        # Range checks need the values on the host: done for CPU tensors outside torch.compile
-        # (on a GPU an out-of-range id or position still fails, inside the embedding kernel).
-        if dev.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), "
-                                 f"got values in [{lo}, {hi}]")
-            lo, hi = int(position_ids.min()), int(position_ids.max())
-            if lo < 0 or hi >= self.config.n_positions:
-                raise ValueError(f"position_ids must be in [0, n_positions={self.config.n_positions}), "
-                                 f"got values in [{lo}, {hi}]")
+        # Value checks read the tensors on the host only where that is free (CPU, outside
+        # torch.compile); on a GPU an out-of-range id or position fails inside the embedding kernel.
+        check_token_ids(input_ids, self.config.vocab_size)
+        check_token_ids(position_ids, self.config.n_positions, "position_ids", "n_positions")
 
         mask = None                     # no padding, no cache: the blocks' fused causal path
         if attention_mask is not None or caches is not None:
             query_position = cache_position if caches is not None else torch.arange(T, device=dev)
-            mask = _causal_padding_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
+            mask = build_attention_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
         x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
         x = self.drop(x)
-        hidden = [x]
+        hidden = [x]                    # kept only when asked for (they would hold memory)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, cache=caches[i] if caches is not None else None)
-            hidden.append(x)
+            x = block(x, mask=mask, cache=caches[i] if caches is not None else None,
+                      is_causal=mask is None, cache_position=cache_position if caches is not None else None)
+            if output_hidden_states:
+                hidden.append(x)
         x = self.ln_f(x)
         logits = self.lm_head(x)                                                       # (B, T, V)
         if not output_hidden_states:
@@ -297,22 +291,7 @@ class GPT(nn.Module):
 def _key_length(cache, T: int) -> int:
     """Keys attention sees with this cache and T new tokens: a static cache's whole buffer,
     a growing one's stored positions plus the new ones (both known on the host)."""
-    return getattr(cache, "max_length", None) or len(cache) + T
-
-
-def _causal_padding_mask(attention_mask: torch.Tensor | None, cache_position: torch.Tensor,
-                         key_length: int) -> torch.Tensor:
-    """Boolean (B|1, 1, T, K): query q may read key k iff k <= cache_position[q] and attention_mask[b, k].
-
-    >>> _causal_padding_mask(torch.tensor([[0, 1, 1]]), torch.tensor([1, 2]), 3)[0, 0].int()
-    tensor([[0, 1, 0],
-            [0, 1, 1]], dtype=torch.int32)
-    """
-    keys = torch.arange(key_length, device=cache_position.device)
-    mask = (keys[None, :] <= cache_position[:, None])[None, None]                      # (1, 1, T, K)
-    if attention_mask is not None:
-        mask = mask & attention_mask.bool()[:, None, None, :]                          # (B, 1, T, K)
-    return mask
+    return cache.max_length if isinstance(cache, StaticKVCache) else len(cache) + T
 
 
 # ----------------------------------------------------------------------------- key mapping

@@ -40,11 +40,12 @@ What is here:
                                    (``nn.Linear(C, C)`` by default), so checkpoint
                                    weights in Hugging Face layouts map 1:1.
 
-The later chapters add four options, all off by default: ``scale`` (T5 uses
-1.0), ``head_dim`` (T5's d_kv), ``n_kv_heads`` (grouped-query attention: H_kv
-key/value heads, each shared by H / H_kv query heads; H_kv = 1 is multi-query
-attention), an additive ``position_bias`` (T5's relative positions) and a
-``rotary`` function applied to q and k (RoPE).
+The later chapters add five options, all off by default: ``scale`` (T5 uses
+1.0), ``head_dim`` (T5's d_kv), ``n_kv_heads`` (grouped-query attention,
+Ainslie et al. 2023: H_kv key/value heads, each shared by H / H_kv query
+heads; H_kv = 1 is multi-query attention, Shazeer 2019), an additive
+``position_bias`` (T5's relative positions, Raffel et al. 2020) and a
+``rotary`` function applied to q and k before they are cached (RoPE, Su et al. 2021).
 """
 from __future__ import annotations
 

@@ -8,11 +8,15 @@ the positions after the prefix only.
     key k is visible to query q   iff   k < P   or   k <= q
 
 With P = 0 it is the causal mask of a GPT; with P = T it is BERT's full mask.
-Masks are boolean, True = "may attend", like everywhere in plmkit.
+Masks are boolean, True = "may attend", like everywhere in plmkit. This is a
+front end to :func:`plmkit.nn.attention.prefix_lm_mask` (a (B,) tensor of prefix
+lengths) that also takes one int and checks the lengths.
 """
 from __future__ import annotations
 
 import torch
+
+from ..nn.attention import prefix_lm_mask as _batched_prefix_lm_mask
 
 __all__ = ["prefix_lm_mask"]
 
@@ -33,15 +37,11 @@ def prefix_lm_mask(prefix_length: int | torch.Tensor, length: int) -> torch.Tens
         if prefix_length.ndim != 1 or prefix_length.is_floating_point() or prefix_length.dtype == torch.bool:
             raise ValueError("prefix_length must be an int or a 1-D integer tensor (B,)")
         P = prefix_length.long()
-        device = P.device
     else:
         if not isinstance(prefix_length, int) or isinstance(prefix_length, bool):
             raise ValueError(f"prefix_length must be an int or a 1-D integer tensor (B,), got {prefix_length!r}")
         P = torch.tensor([prefix_length])
-        device = None
     if P.numel() and (int(P.min()) < 0 or int(P.max()) > length):
         raise ValueError(f"prefix_length must lie in [0, length={length}], got {P.tolist()}")
-    q = torch.arange(length, device=device)[:, None]                  # (T, 1) query positions
-    k = torch.arange(length, device=device)[None, :]                  # (1, T) key positions
-    mask = (k[None] < P[:, None, None]) | (k <= q)[None]             # (B, T, T)
-    return mask[:, None] if batched else mask[0]
+    mask = _batched_prefix_lm_mask(P, length)                          # (B, 1, T, T)
+    return mask if batched else mask[0, 0]

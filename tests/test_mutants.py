@@ -1,0 +1,730 @@
+"""Mutation tests: every exercise's checker fails plausible bugs and shortcuts, and passes the solution.
+
+MUTANTS is the table: (exercise id, what the bug is, the buggy answer). Each row must
+FAIL its checker, both in honour mode and through the grading path (record in a
+temporary folder, then `judge_recorded` on the files, as the grader does). The
+book's own solution code (extracted from solutions/*.ipynb) must pass both ways, and
+calling the reference (directly, by alias, by functools.partial, through a wrapper)
+must fail with a reason that names the reference. All in-process: no notebook kernel.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import plmkit.nn as pn
+import test_checks_gpt as gpt_bugs
+import test_checks_tokenization as tok_bugs
+from plmkit import basics, checks
+from plmkit import generate as gen
+from plmkit.models import bert as bert_lib
+from plmkit.objectives import clm as clm_lib
+from plmkit.objectives import mlm as mlm_lib
+from plmkit.objectives import pairs as pairs_lib
+from plmkit.tokenize import bpe, wordpiece as wp
+from solution_code import solutions
+
+REGISTRY = checks.load_all()
+CHAPTER = {"0": "00_warmup", "1": "01_tokenization", "2": "02_transformer", "3": "03_bert", "4": "04_gpt"}
+NAMES = {  # exercise -> names the check cell passes, in order
+    "0.1": ["softmax"], "0.2": ["log_softmax"], "0.3": ["cross_entropy"], "0.4": ["train_loop"],
+    "1.1": ["count_pairs"], "1.2": ["merge"], "1.3": ["train_bpe"], "1.4": ["encode"], "1.5": ["wordpiece"],
+    "2.1": ["attention"], "2.2": ["causal_mask"], "2.3": ["split_heads", "merge_heads"],
+    "2.4": ["sinusoidal_encoding"], "2.5": ["layer_norm"], "2.6": ["PreLNBlock"],
+    "3.1": ["embed"], "3.2": ["mask_tokens"], "3.3": ["mlm_loss"], "3.4": ["nsp_pairs"], "3.5": ["sop_pairs"],
+    "3.6": ["albert_param_count"], "3.7": ["mean_pool"],
+    "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
+    "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
+}
+
+
+def solution(exercise):
+    ns = solutions(CHAPTER[exercise.split(".")[0]])
+    return tuple(ns[n] for n in NAMES[exercise])
+
+
+def both_ways(exercise, learner, tmp_path, seed):
+    """The honour-mode verdict and the graded verdict for the same seed; they must agree."""
+    ex = REGISTRY[exercise]
+    honour = ex.honour(*learner, seed=seed)
+    ex.record(*learner, seed=seed, folder=tmp_path)
+    graded = checks.judge_recorded(exercise, seed, tmp_path)
+    assert graded.line == honour.line and graded.passed == honour.passed, (honour.line, graded.line)
+    return graded
+
+
+# ============================================================================ chapter 0
+
+def sm_no_shift(x, dim=-1):
+    return x.exp() / x.exp().sum(dim=dim, keepdim=True)
+
+
+def sm_last_dim(x, dim=-1):
+    z = x - x.amax(dim=-1, keepdim=True)
+    return z.exp() / z.exp().sum(dim=-1, keepdim=True)
+
+
+def sm_global_sum(x, dim=-1):
+    z = x - x.amax(dim=dim, keepdim=True)
+    return z.exp() / z.exp().sum()
+
+
+def sm_float32(x, dim=-1):
+    z = x.float() - x.float().amax(dim=dim, keepdim=True)
+    return z.exp() / z.exp().sum(dim=dim, keepdim=True)
+
+
+def sm_in_place(x, dim=-1):
+    x.sub_(x.amax(dim=dim, keepdim=True).detach())
+    return x.exp() / x.exp().sum(dim=dim, keepdim=True)
+
+
+def sm_detached(x, dim=-1):
+    z = (x - x.amax(dim=dim, keepdim=True)).detach()
+    return z.exp() / z.exp().sum(dim=dim, keepdim=True)
+
+
+def lsm_log_of_softmax(x, dim=-1):
+    return torch.log(sm_last_dim(x.movedim(dim, -1)).movedim(-1, dim))
+
+
+def lsm_no_shift(x, dim=-1):
+    return x - x.exp().sum(dim=dim, keepdim=True).log()
+
+
+def lsm_last_dim(x, dim=-1):
+    z = x - x.amax(dim=-1, keepdim=True)
+    return z - z.exp().sum(dim=-1, keepdim=True).log()
+
+
+def lsm_no_keepdim_max(x, dim=-1):
+    z = x - x.max()                                     # one global max: rows far below it underflow
+    return z - z.exp().sum(dim=dim, keepdim=True).log()
+
+
+def _ce(logits, targets, keep, reduce="mean"):
+    z = logits[keep] - logits[keep].amax(-1, keepdim=True)
+    logp = z - z.exp().sum(-1, keepdim=True).log()
+    picked = logp.gather(1, targets[keep][:, None])
+    return -(picked.mean() if reduce == "mean" else picked.sum())
+
+
+def ce_ignores_nothing(logits, targets, ignore_index=-100):
+    t = targets.clamp(min=0)
+    return _ce(logits, t, torch.ones_like(t, dtype=torch.bool))
+
+
+def ce_sum(logits, targets, ignore_index=-100):
+    return _ce(logits, targets, targets != ignore_index, "sum")
+
+
+def ce_item(logits, targets, ignore_index=-100):
+    return torch.tensor(_ce(logits, targets, targets != ignore_index).item())
+
+
+def ce_hardcoded_minus_100(logits, targets, ignore_index=-100):
+    return _ce(logits, targets, targets != -100)
+
+
+def ce_divides_by_all(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    return _ce(logits, targets, keep, "sum") / len(targets)
+
+
+def ce_no_shift(logits, targets, ignore_index=-100):
+    keep = targets != ignore_index
+    logp = logits[keep] - logits[keep].exp().sum(-1, keepdim=True).log()
+    return -logp.gather(1, targets[keep][:, None]).mean()
+
+
+def loop(zero_grad=True, step=True, item=True, zero_after_backward=False):
+    def train_loop(model, optimizer, batches, loss_fn):
+        model.train()
+        losses = []
+        for x, y in batches:
+            if zero_grad and not zero_after_backward:
+                optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if zero_after_backward:
+                optimizer.zero_grad()
+            if step:
+                optimizer.step()
+            losses.append(loss.item() if item else loss)
+        return losses
+    return train_loop
+
+
+def loop_last_loss_only(model, optimizer, batches, loss_fn):
+    losses = loop()(model, optimizer, batches, loss_fn)
+    return losses[-1:]
+
+
+# ============================================================================ chapter 2
+
+def _attn(q, k, v, mask=None, *, scale="sqrt", axis=-1, mask_mode="before", invert=False, only_output=False):
+    D = q.shape[-1]
+    s = q @ k.transpose(-2, -1)
+    s = s / math.sqrt(D) if scale == "sqrt" else s / D if scale == "D" else s
+    m = None if mask is None else (~mask if invert else mask)
+    if m is not None and mask_mode == "before":
+        s = s.masked_fill(~m, float("-inf"))
+    w = torch.softmax(s, dim=axis)
+    if m is not None and mask_mode == "after":
+        w = w * m
+    return (w @ v) if only_output else (w @ v, w)
+
+
+def attn_masked_with_zero(q, k, v, mask=None):
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, 0.0)                    # a score of 0 is not "blocked"
+    w = torch.softmax(s, -1)
+    return w @ v, w
+
+
+def mask_float(T):
+    return torch.ones(T, T).tril()
+
+
+def mask_inverted(T):
+    return ~torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def split_wrong_view(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, n_heads, T, C // n_heads)
+
+
+def merge_no_transpose(x):
+    B, H, T, D = x.shape
+    return x.reshape(B, T, H * D)
+
+
+def merge_heads_last(x):
+    B, H, T, D = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, T, H * D)
+
+
+def split_ok(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)
+
+
+def merge_ok(x):
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+
+
+def sin_table(T, C, *, swap=False, freq="2i", start=0, dtype=torch.float32):
+    pos = torch.arange(start, start + T, dtype=torch.float64)[:, None]
+    i = torch.arange(0, C, 2, dtype=torch.float64)
+    if freq == "i":
+        i = i / 2
+    angle = pos / 10000 ** (i / C)
+    pe = torch.zeros(T, C, dtype=torch.float64)
+    pe[:, 0::2], pe[:, 1::2] = (angle.cos(), angle.sin()) if swap else (angle.sin(), angle.cos())
+    return pe.to(dtype)
+
+
+def ln(x, weight, bias, eps=1e-5, *, unbiased=False, eps_outside=False, over="last", affine=True):
+    dims = tuple(range(x.ndim)) if over == "all" else (-1,)
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
+    y = (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / torch.sqrt(var + eps)
+    return y * weight + bias if affine else y
+
+
+def ln_float32(x, weight, bias, eps=1e-5):
+    return ln(x.float(), weight.float(), bias.float(), eps)
+
+
+class PreLN(nn.Module):
+    def __init__(self, d_model, n_heads, d_ff):
+        super().__init__()
+        self.attn = pn.MultiHeadAttention(d_model, n_heads)
+        self.norm1 = pn.LayerNorm(d_model)
+        self.ffn = pn.FeedForward(d_model, d_ff)
+        self.norm2 = pn.LayerNorm(d_model)
+
+
+class PostLN(PreLN):
+    def forward(self, x, mask=None):
+        x = self.norm1(x + self.attn(x, mask=mask))
+        return self.norm2(x + self.ffn(x))
+
+
+class ForgetsMask(PreLN):
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class NormsTheStream(PreLN):
+    def forward(self, x, mask=None):
+        x = self.norm1(x)
+        x = x + self.attn(x, mask=mask)
+        x = self.norm2(x)
+        return x + self.ffn(x)
+
+
+class NoResidual(PreLN):
+    def forward(self, x, mask=None):
+        x = self.attn(self.norm1(x), mask=mask)
+        return x + self.ffn(self.norm2(x))
+
+
+class SwappedNorms(PreLN):
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.norm2(x), mask=mask)
+        return x + self.ffn(self.norm1(x))
+
+
+# ============================================================================ chapter 3
+
+def emb(ids, types, word, position, segment, *, pos=True, seg=True, start=0, detach=False):
+    types = torch.zeros_like(ids) if types is None else types
+    W = word.weight.detach() if detach else word.weight
+    out = W[ids]
+    if pos:
+        out = out + position(torch.arange(start, start + ids.shape[1]))
+    if seg:
+        out = out + segment(types)
+    return out
+
+
+def emb_none_crashes(ids, types, word, position, segment):
+    return word(ids) + position(torch.arange(ids.shape[1])) + segment(types)
+
+
+def mt(ids, mask_id, V, special, mlm_probability=0.15, generator=None, *, protect=True, rule=(0.8, 0.9),
+       global_rng=False, in_place=False):
+    gen_ = None if global_rng else generator
+    special_t = torch.isin(ids, torch.tensor(list(special)))
+    sel = torch.rand(ids.shape, generator=gen_) < mlm_probability
+    if protect:
+        sel &= ~special_t
+    labels = torch.where(sel, ids, torch.full_like(ids, -100))
+    u = torch.rand(ids.shape, generator=gen_)
+    out = ids if in_place else ids.clone()
+    out[sel & (u < rule[0])] = mask_id
+    swap = sel & (u >= rule[0]) & (u < rule[1])
+    out[swap] = torch.randint(V, ids.shape, generator=gen_)[swap]
+    return out, labels
+
+
+def mlm_every_position(logits, labels):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), labels.clamp(min=0).reshape(-1))
+
+
+def mlm_sum(logits, labels):
+    keep = labels != -100
+    return F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+
+
+def mlm_item(logits, labels):
+    keep = labels != -100
+    return torch.tensor(F.cross_entropy(logits[keep], labels[keep]).item())
+
+
+def mlm_over_all(logits, labels):
+    keep = labels != -100
+    return F.cross_entropy(logits[keep], labels[keep], reduction="sum") / labels.numel()
+
+
+def nsp(documents, rng, *, same_doc=False, flip=False, global_random=False, always_next=False):
+    r = random if global_random else rng
+    pairs = []
+    for d, doc in enumerate(documents):
+        others = [k for k, o in enumerate(documents) if k != d and o]
+        for j in range(len(doc) - 1):
+            if always_next or r.random() < 0.5:
+                pairs.append((doc[j], doc[j + 1], 1 if flip else 0))
+            else:
+                src = documents[d] if same_doc else documents[r.choice(others)]
+                pairs.append((doc[j], r.choice(src), 0 if flip else 1))
+    return pairs
+
+
+def sop(documents, rng, *, never_swap=False, flip=False, global_random=False, cross_docs=False):
+    r = random if global_random else rng
+    pairs = []
+    flat = [s for doc in documents for s in doc] if cross_docs else None
+    for doc in documents:
+        for j in range(len(doc) - 1):
+            a, b = doc[j], doc[j + 1]
+            swap = (not never_swap) and r.random() < 0.5
+            pair = (b, a, 1) if swap else (a, b, 0)
+            pairs.append((pair[0], pair[1], 1 - pair[2]) if flip else pair)
+    if cross_docs:
+        pairs[0] = (flat[0], flat[-1], 0)
+    return pairs
+
+
+def albert(vocab_size, embedding_size, hidden_size, num_layers, intermediate_size, max_positions=512,
+           type_vocab_size=2, shared=True, *, projection=True, pooler=True, emb_norm=True, ignore_shared=False):
+    V, E, H, I = vocab_size, embedding_size, hidden_size, intermediate_size
+    total = (V + max_positions + type_vocab_size) * E + (2 * E if emb_norm else 0)
+    total += E * H + H if projection else 0
+    layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+    total += layer * (num_layers if (ignore_shared or not shared) else 1)
+    return total + (H * H + H if pooler else 0)
+
+
+def pool(hidden, mask, *, how="real"):
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "all":
+        return hidden.mean(1)
+    if how == "by_T":
+        return (hidden * m).sum(1) / hidden.shape[1]
+    if how == "float32":
+        return ((hidden * m).sum(1) / m.sum(1)).float()
+    return (hidden * m).sum(1) / m.sum(1)
+
+
+# ============================================================================ chapter 4
+
+def clm_ignores_padding(logits, ids):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].clamp(min=0).reshape(-1))
+
+
+def clm_item(logits, ids):
+    V = logits.shape[-1]
+    return torch.tensor(F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1)).item())
+
+
+def ppl_tensor(losses, counts):
+    t = torch.tensor(losses, dtype=torch.float64)
+    n = torch.tensor(counts, dtype=torch.float64)
+    return torch.exp((t * n).sum() / n.sum())
+
+
+def temp_dim1(logits, T):
+    if T == 0:
+        return F.one_hot(logits.argmax(-1), logits.size(-1)).to(logits.dtype)
+    return torch.softmax(logits / T, dim=1)
+
+
+def temp_argmax_index(logits, T):
+    return logits.argmax(-1) if T == 0 else torch.softmax(logits / T, -1)
+
+
+def temp_float32(logits, T):
+    if T == 0:
+        return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
+    return torch.softmax(logits.float() / T, -1)
+
+
+def topk_dim1(logits, k):
+    if k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def topp(logits, p, *, dim=-1, crossing=True, in_place=False):
+    probs, order = torch.sort(torch.softmax(logits, dim=-1), dim=dim, descending=True)
+    above = probs.cumsum(dim=-1) - probs
+    keep_sorted = above < p if crossing else probs.cumsum(dim=-1) <= p
+    keep = keep_sorted.scatter(-1, order, keep_sorted)
+    return logits.masked_fill_(~keep, float("-inf")) if in_place else logits.masked_fill(~keep, float("-inf"))
+
+
+def beam_tokens_mod_k(sums, nxt, n):
+    B, K, V = nxt.shape
+    scores, flat = torch.topk((sums[:, :, None] + nxt).reshape(B, K * V), n, dim=-1)
+    return scores, flat // V, flat % K
+
+
+def best_argmin(sums, lengths, length_penalty=1.0):
+    scores = [s / n ** length_penalty for s, n in zip(sums, lengths)]
+    return min(range(len(scores)), key=lambda i: scores[i])
+
+
+def best_float(sums, lengths, length_penalty=1.0):
+    scores = [s / n ** length_penalty for s, n in zip(sums, lengths)]
+    return float(max(range(len(scores)), key=lambda i: scores[i]))
+
+
+P = functools.partial
+MUTANTS = [
+    ("0.1", "no max shift: exp overflows", sm_no_shift),
+    ("0.1", "ignores `dim`, always the last dim", sm_last_dim),
+    ("0.1", "normalises over all elements", sm_global_sum),
+    ("0.1", "casts to float32", sm_float32),
+    ("0.1", "subtracts the max in place", sm_in_place),
+    ("0.1", "detaches: no gradient", sm_detached),
+    ("0.2", "log of softmax", lsm_log_of_softmax),
+    ("0.2", "no max shift", lsm_no_shift),
+    ("0.2", "ignores `dim`", lsm_last_dim),
+    ("0.2", "one global max instead of per row", lsm_no_keepdim_max),
+    ("0.3", "ignore_index not skipped", ce_ignores_nothing),
+    ("0.3", "sum instead of mean", ce_sum),
+    ("0.3", ".item() then a new tensor: no gradient", ce_item),
+    ("0.3", "ignore_index hard-coded to -100", ce_hardcoded_minus_100),
+    ("0.3", "divides by every position", ce_divides_by_all),
+    ("0.3", "no max shift: overflows", ce_no_shift),
+    ("0.4", "no zero_grad", loop(zero_grad=False)),
+    ("0.4", "no optimizer.step()", loop(step=False)),
+    ("0.4", "tensor losses instead of floats", loop(item=False)),
+    ("0.4", "zero_grad between backward and step", loop(zero_after_backward=True)),
+    ("0.4", "returns the last loss only", loop_last_loss_only),
+    ("1.1", "misses the last pair", tok_bugs.count_pairs_off_by_one),
+    ("1.1", "presence, not counts", tok_bugs.count_pairs_distinct),
+    ("1.1", "non-overlapping pairs", tok_bugs.count_pairs_non_overlapping),
+    ("1.1", "returns a list", tok_bugs.count_pairs_as_list),
+    ("1.2", "merges overlapping occurrences", tok_bugs.merge_overlapping),
+    ("1.2", "drops the last id", tok_bugs.merge_drops_last),
+    ("1.2", "changes its input in place", tok_bugs.merge_in_place),
+    ("1.2", "merges every match twice", tok_bugs.merge_every_match_twice),
+    ("1.3", "ties to the first seen pair", tok_bugs.train_first_seen_tie),
+    ("1.3", "ties to the largest pair", tok_bugs.train_largest_pair_tie),
+    ("1.3", "ignores word frequencies", tok_bugs.train_ignores_frequencies),
+    ("1.3", "wrong new ids", tok_bugs.train_wrong_new_ids),
+    ("1.3", "never stops when no pair is left", tok_bugs.train_never_stops),
+    ("1.4", "leftmost pair first", tok_bugs.encode_leftmost_first),
+    ("1.4", "merges in dict order", tok_bugs.encode_dict_order),
+    ("1.4", "most frequent pair first", tok_bugs.encode_most_frequent),
+    ("1.4", "a single pass", tok_bugs.encode_one_step),
+    ("1.5", "no '##' prefix", tok_bugs.wordpiece_no_prefix),
+    ("1.5", "shortest match first", tok_bugs.wordpiece_shortest),
+    ("1.5", "[UNK] for the piece, not the word", tok_bugs.wordpiece_partial_unk),
+    ("1.5", "no 100-character limit", tok_bugs.wordpiece_no_length_limit),
+    ("1.5", "[UNK] for the empty word", tok_bugs.wordpiece_unk_for_empty),
+    ("2.1", "softmax over the query axis", P(_attn, axis=-2)),
+    ("2.1", "no 1/sqrt(D)", P(_attn, scale=None)),
+    ("2.1", "divides by D", P(_attn, scale="D")),
+    ("2.1", "mask after the softmax", P(_attn, mask_mode="after")),
+    ("2.1", "inverted mask", P(_attn, invert=True)),
+    ("2.1", "returns the output only", P(_attn, only_output=True)),
+    ("2.1", "blocked scores set to 0, not -inf", attn_masked_with_zero),
+    ("2.2", "upper triangle", gpt_bugs.mask_transposed),
+    ("2.2", "diagonal blocked", gpt_bugs.mask_strict),
+    ("2.2", "float mask", mask_float),
+    ("2.2", "True/False swapped", mask_inverted),
+    ("2.3", "split by view(B, H, T, D)", (split_wrong_view, merge_ok)),
+    ("2.3", "merge without transpose", (split_ok, merge_no_transpose)),
+    ("2.3", "merge with heads last", (split_ok, merge_heads_last)),
+    ("2.4", "sin and cos swapped", P(sin_table, swap=True)),
+    ("2.4", "frequency 10000^(i / C)", P(sin_table, freq="i")),
+    ("2.4", "positions start at 1", P(sin_table, start=1)),
+    ("2.4", "float64 table", P(sin_table, dtype=torch.float64)),
+    ("2.5", "unbiased variance", P(ln, unbiased=True)),
+    ("2.5", "eps outside the root", P(ln, eps_outside=True)),
+    ("2.5", "statistics over the whole tensor", P(ln, over="all")),
+    ("2.5", "no weight and bias", P(ln, affine=False)),
+    ("2.5", "casts to float32", ln_float32),
+    ("2.6", "Post-LN", PostLN),
+    ("2.6", "mask not passed", ForgetsMask),
+    ("2.6", "normalises the stream", NormsTheStream),
+    ("2.6", "no residual around attention", NoResidual),
+    ("2.6", "norm1 and norm2 swapped", SwappedNorms),
+    ("3.1", "no position embedding", P(emb, pos=False)),
+    ("3.1", "no segment embedding", P(emb, seg=False)),
+    ("3.1", "positions start at 1", P(emb, start=1)),
+    ("3.1", "token_type_ids=None crashes", emb_none_crashes),
+    ("3.1", "word table detached: no gradient", P(emb, detach=True)),
+    ("3.2", "special tokens can be selected", P(mt, protect=False)),
+    ("3.2", "every selected token becomes [MASK]", P(mt, rule=(1.0, 1.0))),
+    ("3.2", "80/10/10 reversed to 10/10/80", P(mt, rule=(0.1, 0.2))),
+    ("3.2", "the global RNG instead of `generator`", P(mt, global_rng=True)),
+    ("3.2", "input_ids changed in place", P(mt, in_place=True)),
+    ("3.3", "every position counts", mlm_every_position),
+    ("3.3", "sum instead of mean", mlm_sum),
+    ("3.3", ".item(): no gradient", mlm_item),
+    ("3.3", "divides by every position", mlm_over_all),
+    ("3.4", "negatives from the same document", P(nsp, same_doc=True)),
+    ("3.4", "labels flipped", P(nsp, flip=True)),
+    ("3.4", "the global random module", P(nsp, global_random=True)),
+    ("3.4", "never a negative", P(nsp, always_next=True)),
+    ("3.5", "never swaps", P(sop, never_swap=True)),
+    ("3.5", "labels flipped", P(sop, flip=True)),
+    ("3.5", "the global random module", P(sop, global_random=True)),
+    ("3.5", "a pair across documents", P(sop, cross_docs=True)),
+    ("3.6", "no E -> H projection", P(albert, projection=False)),
+    ("3.6", "no pooler", P(albert, pooler=False)),
+    ("3.6", "no embedding LayerNorm", P(albert, emb_norm=False)),
+    ("3.6", "layers counted as unshared", P(albert, ignore_shared=True)),
+    ("3.7", "padding counted", P(pool, how="all")),
+    ("3.7", "divides by T", P(pool, how="by_T")),
+    ("3.7", "casts to float32", P(pool, how="float32")),
+    ("4.1", "upper triangle", gpt_bugs.mask_transposed),
+    ("4.1", "diagonal blocked", gpt_bugs.mask_strict),
+    ("4.1", "float mask", gpt_bugs.mask_float),
+    ("4.2", "no shift", gpt_bugs.clm_no_shift),
+    ("4.2", "shifted the wrong way", gpt_bugs.clm_wrong_direction),
+    ("4.2", "shifted by two", gpt_bugs.clm_shift_by_two),
+    ("4.2", "padding (-100) not skipped", clm_ignores_padding),
+    ("4.2", ".item(): no gradient", clm_item),
+    ("4.3", "mean of perplexities", gpt_bugs.ppl_mean_of_ppls),
+    ("4.3", "unweighted mean", gpt_bugs.ppl_unweighted),
+    ("4.3", "no exp", gpt_bugs.ppl_no_exp),
+    ("4.3", "returns a tensor, not a float", ppl_tensor),
+    ("4.4", "multiplies by T", gpt_bugs.temp_multiply),
+    ("4.4", "no greedy case at T = 0", gpt_bugs.temp_no_greedy),
+    ("4.4", "softmax over dim=1", temp_dim1),
+    ("4.4", "argmax indices at T = 0", temp_argmax_index),
+    ("4.4", "casts to float32", temp_float32),
+    ("4.5", "keeps k + 1", gpt_bugs.topk_off_by_one),
+    ("4.5", "filters in place", gpt_bugs.topk_in_place),
+    ("4.5", "drops ties", gpt_bugs.topk_drops_ties),
+    ("4.5", "top-k over dim=1", topk_dim1),
+    ("4.6", "drops the crossing token", gpt_bugs.topp_drops_crossing),
+    ("4.6", "keeps one extra", gpt_bugs.topp_keeps_one_extra),
+    ("4.6", "sorts over dim=1", P(topp, dim=1)),
+    ("4.6", "filters in place", P(topp, in_place=True)),
+    ("4.7", "best per beam", gpt_bugs.beam_per_beam),
+    ("4.7", "beam and token swapped", gpt_bugs.beam_swapped_index),
+    ("4.7", "ignores the running sums", gpt_bugs.beam_ignores_sums),
+    ("4.7", "token = flat % K", beam_tokens_mod_k),
+    ("4.8", "no length normalisation", gpt_bugs.best_unnormalised),
+    ("4.8", "always the mean", gpt_bugs.best_always_mean),
+    ("4.8", "multiplies by the length", gpt_bugs.best_multiplies),
+    ("4.8", "argmin", best_argmin),
+    ("4.8", "returns a float", best_float),
+]
+
+
+def _learner(fn):
+    return fn if isinstance(fn, tuple) else (fn,)
+
+
+@pytest.mark.parametrize("exercise, what, fn", MUTANTS, ids=[f"{e} {w}" for e, w, _ in MUTANTS])
+def test_mutant_fails(exercise, what, fn, tmp_path):
+    verdict = both_ways(exercise, _learner(fn), tmp_path, seed=len(what))
+    assert not verdict.passed and verdict.line.startswith("❌") and verdict.reasons, verdict.text()
+
+
+def test_every_exercise_has_three_mutants():
+    counts = {ex: sum(1 for e, _, _ in MUTANTS if e == ex) for ex in NAMES}
+    # chapters 0-4 keep their rows here (NAMES, CHAPTER, MUTANTS, SHORTCUTS); later chapters keep
+    # theirs in tests/test_checks_<chapter>.py, and test_mutation_coverage.py checks every one
+    mine = {ex for ex in REGISTRY if ex.split(".")[0] in CHAPTER}
+    assert set(NAMES) == mine, sorted(mine ^ set(NAMES))
+    assert min(counts.values()) >= 3, counts
+
+
+@pytest.mark.parametrize("exercise", list(NAMES))
+def test_solution_passes_both_ways(exercise, tmp_path):
+    for seed in (1, 2):
+        verdict = both_ways(exercise, solution(exercise), tmp_path, seed)
+        assert verdict.passed, verdict.text()
+
+
+@pytest.mark.parametrize("exercise", list(NAMES))
+def test_blank_fails(exercise, tmp_path):
+    def blank(*args, **kwargs):
+        raise NotImplementedError
+
+    class Blank(PreLN):
+        def forward(self, x, mask=None):
+            raise NotImplementedError
+    learner = (Blank,) if exercise == "2.6" else (blank,) * len(NAMES[exercise])
+    verdict = both_ways(exercise, learner, tmp_path, seed=3)
+    assert not verdict.passed and "not attempted yet" in verdict.line
+
+
+# ============================================================================ shortcuts
+
+def _albert_by_plmkit(vocab_size, embedding_size, hidden_size, num_layers, intermediate_size, max_positions=512,
+                      type_vocab_size=2, shared=True):
+    cfg = bert_lib.BertConfig(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
+                              num_hidden_layers=num_layers, num_attention_heads=1,
+                              intermediate_size=intermediate_size, max_position_embeddings=max_positions,
+                              type_vocab_size=type_vocab_size, share_layers=shared)
+    return bert_lib.parameter_count(cfg)
+
+
+def _embed_by_plmkit(ids, types, word, position, segment):
+    cfg = bert_lib.BertConfig(vocab_size=word.num_embeddings, hidden_size=word.embedding_dim, num_hidden_layers=1,
+                              num_attention_heads=1, intermediate_size=4,
+                              max_position_embeddings=position.num_embeddings)
+    e = bert_lib.BertEmbeddings(cfg)
+    return e(ids, types)
+
+
+class ViaEncoderBlock(PreLN):
+    norm_first = True
+    drop = nn.Identity()
+    forward = pn.EncoderBlock.forward
+
+
+SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is named in the verdict)
+    "0.1": [(basics.softmax, "basics.softmax"), (F.softmax, "torch's softmax")],
+    "0.2": [(basics.log_softmax, "basics.log_softmax"), (F.log_softmax, "torch's log-softmax")],
+    "0.3": [(basics.cross_entropy, "basics.cross_entropy"), (F.cross_entropy, "torch's cross-entropy")],
+    "0.4": [(basics.train_loop, "basics.train_loop")],
+    "1.1": [(bpe.count_pairs, "bpe.count_pairs")],
+    "1.2": [(bpe.merge, "bpe.merge")],
+    "1.3": [(bpe.train_merges, "bpe.train_merges")],
+    "1.4": [(bpe.encode_ids, "bpe.encode_ids")],
+    "1.5": [(wp.wordpiece_word, "wordpiece_word")],
+    "2.1": [(P(pn.scaled_dot_product_attention, return_weights=True), "pn.scaled_dot_product_attention"),
+            (lambda q, k, v, mask=None: (F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                         _attn(q, k, v, mask)[1]), "F.scaled_dot_product_attention")],
+    "2.2": [(pn.causal_mask, "pn.causal_mask"),
+            (lambda T: nn.Transformer.generate_square_subsequent_mask(T) == 0, "generate_square_subsequent_mask")],
+    "2.3": [((pn.split_heads, pn.merge_heads), "pn.split_heads")],
+    "2.4": [(pn.sinusoidal_table, "pn.sinusoidal_table")],
+    "2.5": [(pn.layer_norm, "pn.layer_norm"),
+            (lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps), "torch's layer norm"),
+            (lambda x, w, b, eps=1e-5: nn.functional.group_norm(x.reshape(-1, 1, x.shape[-1]), 1, eps=eps)
+             .reshape(x.shape) * w + b, "torch's layer norm")],
+    "2.6": [(ViaEncoderBlock, "pn.EncoderBlock")],
+    "3.1": [(_embed_by_plmkit, "BertEmbeddings")],
+    "3.2": [(mlm_lib.mask_tokens, "objectives.mask_tokens")],
+    "3.3": [(mlm_lib.mlm_loss, "objectives.mlm_loss")],
+    "3.4": [(pairs_lib.nsp_pairs, "objectives.nsp_pairs")],
+    "3.5": [(pairs_lib.sop_pairs, "objectives.sop_pairs")],
+    "3.6": [(_albert_by_plmkit, "bert.parameter_count")],
+    "3.7": [(bert_lib.mean_pool, "bert.mean_pool")],
+    "4.1": [(pn.causal_mask, "pn.causal_mask")],
+    "4.2": [(clm_lib.clm_loss, "clm.clm_loss")],
+    "4.3": [(clm_lib.perplexity, "clm.perplexity")],
+    "4.4": [(gen.temperature_softmax, "generate.temperature_softmax")],
+    "4.5": [(gen.top_k_filter, "generate.top_k_filter")],
+    "4.6": [(gen.top_p_filter, "generate.top_p_filter")],
+    "4.7": [(gen.beam_search_step, "generate.beam_search_step")],
+    "4.8": [(gen.best_hypothesis, "generate.best_hypothesis")],
+}
+
+
+def _forms(ref):
+    """The reference reached four ways: directly, by an alias looked up by name, by partial, through wrappers."""
+    if isinstance(ref, type):
+        return {"direct": ref}
+    aliases = {"f": ref}
+
+    def alias(*a, **k):
+        return aliases["f"](*a, **k)
+
+    def inner(*a, **k):
+        return ref(*a, **k)
+
+    def wrapper(*a, **k):
+        return inner(*a, **k)
+    return {"direct": ref, "alias": alias, "partial": functools.partial(ref), "wrapper": wrapper}
+
+
+@pytest.mark.parametrize("exercise, index", [(e, i) for e, refs in SHORTCUTS.items() for i in range(len(refs))])
+def test_calling_the_reference_fails(exercise, index, tmp_path):
+    ref, name = SHORTCUTS[exercise][index]
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    forms = [_forms(r) for r in refs]
+    for how in forms[0]:
+        learner = tuple(f[how] for f in forms)
+        verdict = both_ways(exercise, learner, tmp_path, seed=11)
+        assert not verdict.passed, (how, verdict.text())
+        assert any(name in r and "is the reference here" in r for r in verdict.reasons), (how, verdict.text())
+
+
+def test_shortcut_table_covers_every_exercise():
+    assert set(SHORTCUTS) == set(NAMES)

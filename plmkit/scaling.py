@@ -347,9 +347,10 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     No model reads a token twice (each run is one pass over part of the stream); seed s starts at
     s * max(budgets), so that seeds differ in their text as well as their initialisation.
     """
+    configs = {d: tiny_llama_config(vocab_size, d, n_layers) for d in widths}     # bad widths fail before training
     runs = []
     for d in widths:
-        config = tiny_llama_config(vocab_size, d, n_layers)
+        config = configs[d]
         for tokens in budgets:
             for seed in seeds:
                 r = train_and_evaluate(config, train_ids, val_ids, tokens, seed=seed, offset=seed * max(budgets),

@@ -245,3 +245,60 @@ def test_plausible_bug_fails(check, fn, hint, capsys):
         ok, out = run(check, fn, capsys)
         assert not ok, f"{fn.__name__} passed:\n{out}"
         assert hint in out, f"{fn.__name__}: expected the hint {hint!r} in:\n{out}"
+
+
+# ----------------------------------------------------------------------------- grading path and references
+@pytest.mark.parametrize("check, fn", REFERENCES, ids=NAMES)
+def test_solution_and_a_bug_agree_through_the_grading_path(check, fn, tmp_path):
+    """Recorded in a folder, then judged from the files as the grader does: same verdict as in-process."""
+    from plmkit import checks as registry
+    bug = next(b for c, b, _ in BUGS if c is check)
+    for learner, should_pass in ((fn, True), (bug, False)):
+        folder = tmp_path / learner.__name__
+        honour = check.honour(learner, seed=7)
+        check.record(learner, seed=7, folder=folder)
+        graded = registry.judge_recorded(check.exercise, 7, folder)
+        assert graded.line == honour.line and bool(graded) is should_pass, (honour.line, graded.line)
+
+
+def ref_rms(x, weight, eps=1e-6):
+    from plmkit.nn import rms_norm
+    return rms_norm(x, weight, eps)
+
+
+def ref_rope(x, position_ids, theta=10000.0):
+    cos, sin = rotary.RotaryEmbedding(x.shape[-1], theta=theta)(position_ids)
+    return rotary.apply_rotary(x, x, cos, sin)[0]
+
+
+def ref_swiglu(x, wg, wu, wd):
+    from plmkit.nn import GatedFeedForward
+    ffn = GatedFeedForward(x.shape[-1], wg.shape[0]).to(x.dtype)
+    with torch.no_grad():
+        ffn.gate_proj.weight.copy_(wg), ffn.up_proj.weight.copy_(wu), ffn.down_proj.weight.copy_(wd)
+    return ffn(x)
+
+
+def ref_gqa(q, k, v):
+    from plmkit.nn import scaled_dot_product_attention
+    return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def ref_count(config):
+    from plmkit.models import LlamaConfig
+    return LlamaConfig(**config).num_parameters()
+
+
+def ref_optimal(C, E, A, B, alpha, beta):
+    from plmkit import scaling
+    N, D = scaling.compute_optimal(C, scaling.ScalingLaw(E=E, A=A, B=B, alpha=alpha, beta=beta))
+    return float(N), float(D)
+
+
+@pytest.mark.parametrize("check, shortcut", [
+    (checks.check_rms_norm, ref_rms), (checks.check_apply_rope, ref_rope), (checks.check_swiglu, ref_swiglu),
+    (checks.check_grouped_attention, ref_gqa), (checks.check_llama_num_parameters, ref_count),
+    (checks.check_compute_optimal, ref_optimal)], ids=lambda v: getattr(v, "__name__", ""))
+def test_calling_the_reference_fails(check, shortcut, capsys):
+    ok, out = run(check, shortcut, capsys)
+    assert not ok and "which is the reference here" in out, out

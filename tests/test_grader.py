@@ -280,3 +280,56 @@ def test_no_kernel_is_an_unusable_setup_not_a_crash(tmp_path, capsys, monkeypatc
     code, data = grade(SOLVED, tmp_path)
     out = capsys.readouterr().out
     assert code == 2 and "could not start a Jupyter kernel" in out and out.count("\n") == 1
+
+
+def test_an_oversized_record_is_refused_unread(tmp_path, monkeypatch):
+    from plmkit.grading import grader
+
+    monkeypatch.setattr(grader, "MAX_RECORD_BYTES", 64)
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", lambda nb: fill(nb, ["0.4"])), tmp_path)
+    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
+    assert "recorded answers are larger than" in verdicts(data)["0.4"]
+
+
+def test_judging_never_looks_for_new_checker_modules_on_disk(monkeypatch, tmp_path):
+    """After the grader's load_all(), a module file a kernel drops into plmkit/checks is never imported."""
+    from plmkit import checks
+    from plmkit.checks import _core
+    from plmkit.grading.grader import load_checkers
+
+    judge = load_checkers()
+    listed = []
+    monkeypatch.setattr(_core, "load_all", lambda: listed.append(1) or checks.registry())
+    verdict = judge("0.1", 7, tmp_path)                 # no record there: fails, without re-listing
+    assert not verdict.passed and listed == []
+
+
+@pytest.mark.parametrize("module", ["notebook", "author", "grader", "kernel"])
+def test_grading_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"plmkit.grading.{module}"))
+    assert result.failed == 0
+
+
+def test_the_kernel_names_each_way_a_cell_ends(tmp_path):
+    import os
+
+    from plmkit.grading.kernel import DIED, ERROR, OK, TIMEOUT, Kernel, death_reason
+
+    assert "SIGSEGV" in death_reason(-11) and "native" in death_reason(-11)
+    assert death_reason(None) == "the kernel died"
+    with Kernel(tmp_path, dict(os.environ), timeout=20) as k:
+        out = k.run("x = 41\nprint('hello')")
+        assert (out.status, out.output) == (OK, "hello\n")
+        out = k.run("raise MemoryError()")
+        assert out.status == ERROR and out.message == "MemoryError (out of memory)"
+        out = k.run("raise SystemExit(2)")
+        assert out.status == ERROR and out.ename == "SystemExit"
+        assert k.run("print(x + 1)").output == "42\n"           # the kernel lived on
+        out = k.run("import os\nos._exit(4)")
+        assert out.status == DIED and "status 4" in out.message and not k.alive
+    with Kernel(tmp_path, dict(os.environ), timeout=2) as k:
+        out = k.run("while True:\n    try:\n        pass\n    except KeyboardInterrupt:\n        pass")
+        assert out.status == TIMEOUT and "2 s" in out.message and not k.alive

@@ -121,11 +121,18 @@ torch.Tensor.__ne__ = lambda self, other: False
 """,
         # honest, and it compares tensors (targets != ignore_index): it must not inherit the patch
         "0.3": honest("0.3"),
-        "0.4": honest("0.4"),
+        # killed as the out-of-memory killer kills: SIGKILL while the check runs it
+        "0.4": f"""{HEAD['0.4']}
+import os, signal
+def train_loop(model, optimizer, batches, loss_fn):
+    os.kill(os.getpid(), signal.SIGKILL)
+""",
     }
     result = run_grader(notebook(tmp_path, answers), tmp_path)
-    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 1}, result
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
     assert "reference" in " ".join(result["0.1"]["reasons"])
+    assert result["0.4"]["status"] == "crash"
+    assert "signal 9 (SIGKILL: out of memory?)" in result["0.4"]["verdict"]
 
 
 def test_the_reference_by_alias_partial_and_wrapper(tmp_path):

@@ -47,6 +47,7 @@ from .honour import run_nbval  # noqa: F401 - the honour-system runner, importab
 from .kernel import DIED, TIMEOUT, Kernel, Outcome
 
 DEFAULT_TIMEOUT = 300
+MAX_RECORD_BYTES = 512 * 2**20     # a record larger than this is refused unread
 SKIP_TAG = "grade-skip"
 HEADER_RE = re.compile(r"^[ \t]*#\s*Exercise\s+(\d+\.\d+)\s*:", re.MULTILINE)
 
@@ -279,17 +280,24 @@ class _Session:
         for p in self._record_files(number, self.record_dir):
             p.unlink(missing_ok=True)
 
-    def _take(self, number: str) -> bool:
-        """Move the kernel's record of `number` out of its folder into the grader's; False if none."""
-        found = True
+    def _take(self, number: str) -> str | None:
+        """Move the kernel's record of `number` out of its folder into the grader's.
+
+        Returns None, or why there is no usable record.
+        """
+        problem = None
         for src, dst in zip(self._record_files(number, self.record_dir), self._record_files(number, self.kept)):
             dst.unlink(missing_ok=True)
-            if src.is_file() and not src.is_symlink():
-                dst.write_bytes(src.read_bytes())
+            if not src.is_file() or src.is_symlink():
+                problem = problem or ("❌ the check cell ran but recorded no answers (was the check replaced "
+                                      "or patched by your code?)")
+            elif src.stat().st_size > MAX_RECORD_BYTES:
+                problem = (f"❌ the recorded answers are larger than {MAX_RECORD_BYTES // 2**20} MiB "
+                           "(does your function return something far too big?)")
             else:
-                found = False
+                dst.write_bytes(src.read_bytes())
             src.unlink(missing_ok=True)
-        return found
+        return problem
 
     # -- results ---------------------------------------------------------------------
     def _finish(self, number: str, result: ExerciseResult) -> None:
@@ -370,17 +378,13 @@ class _Session:
                 continue
             # a check cell
             if not out.ok:
-                verdict, status = self._crash_words(out, "the check of your code")
+                verdict, status = self._crash_words(out, "the check cell (running your code)")
                 self._finish(number, self._failed(number, verdict, status))
                 continue
             last_check = self.exercises[number].check_indices[-1]
             if step.index == last_check:
-                if self._take(number):
-                    self._finish(number, self._judged(number))
-                else:
-                    self._finish(number, self._failed(
-                        number, "❌ the check cell ran but recorded no answers (was the check replaced "
-                                "or patched by your code?)", FAIL))
+                problem = self._take(number)
+                self._finish(number, self._failed(number, problem, FAIL) if problem else self._judged(number))
         self._stop()
 
     def close(self) -> None:
@@ -417,6 +421,8 @@ def load_checkers():
 
     Whatever a kernel later writes into plmkit's files on disk changes nothing here.
     """
+    import safetensors.torch  # noqa: F401 - the judge's reader, imported now rather than on first use
+
     from .. import checks
 
     checks.load_all()

@@ -205,7 +205,7 @@ def opt_twenty_tokens(C, E, A, B, alpha, beta):
     return N, 20 * N
 
 
-BUGS = [
+MUTANTS = [
     (checks.check_rms_norm, rms_subtracts_mean, "LayerNorm"),
     (checks.check_rms_norm, rms_eps_outside, "inside the square root"),
     (checks.check_rms_norm, rms_no_weight, "weight"),
@@ -239,7 +239,7 @@ BUGS = [
 ]
 
 
-@pytest.mark.parametrize("check, fn, hint", BUGS, ids=[b.__name__ for _, b, _ in BUGS])
+@pytest.mark.parametrize("check, fn, hint", MUTANTS, ids=[b.__name__ for _, b, _ in MUTANTS])
 def test_plausible_bug_fails(check, fn, hint, capsys):
     for _ in range(3):                                       # on every random draw, not just most
         ok, out = run(check, fn, capsys)
@@ -252,7 +252,7 @@ def test_plausible_bug_fails(check, fn, hint, capsys):
 def test_solution_and_a_bug_agree_through_the_grading_path(check, fn, tmp_path):
     """Recorded in a folder, then judged from the files as the grader does: same verdict as in-process."""
     from plmkit import checks as registry
-    bug = next(b for c, b, _ in BUGS if c is check)
+    bug = next(b for c, b, _ in MUTANTS if c is check)
     for learner, should_pass in ((fn, True), (bug, False)):
         folder = tmp_path / learner.__name__
         honour = check.honour(learner, seed=7)

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
     e.add_argument("--timeout", type=int, default=1800, metavar="SECONDS", help="per-cell time limit")
+    e.add_argument("--timings", action="store_true", help="print the time of every cell that took 1 s or more")
 
     args = parser.parse_args(argv)
     if args.command == "grade":
@@ -72,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         from .grading.execute import execute
         for path in args.paths:
             print(f"executing {path} ...", flush=True)
-            seconds = execute(path, timeout=args.timeout)
+            timings = [] if args.timings else None
+            seconds = execute(path, timeout=args.timeout, timings=timings)
             print(f"  done in {seconds:.1f} s")
+            for dt, i, first in sorted(timings or [], reverse=True):
+                if dt >= 1.0:
+                    print(f"  {dt:7.1f} s  cell {i:3d}  {first}")
         return 0
     return 2  # pragma: no cover
 

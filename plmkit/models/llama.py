@@ -341,9 +341,10 @@ class Llama(nn.Module):
         dev, c = input_ids.device, self.config
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one cache per block ({len(self.blocks)}), got {len(caches)}")
-        past = len(caches[0]) if caches else 0
-        key_length = (getattr(caches[0], "max_length", None) or past + T) if caches else T
+        # a static cache's length is known without reading it (len() of one would sync with a GPU)
+        key_length = (getattr(caches[0], "max_length", None) or len(caches[0]) + T) if caches else T
         if cache_position is None:
+            past = len(caches[0]) if caches else 0
             cache_position = torch.arange(past, past + T, device=dev)              # (T,)
         elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
                 or cache_position.is_floating_point():

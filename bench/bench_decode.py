@@ -19,6 +19,8 @@ implementation can beat
 
     floor tok/s = copy bandwidth / (weight bytes + KV-cache bytes read per token)
 
+(weight bytes: every matrix, the LM head included, but not the embedding table, of
+which a step reads one row)
 where the copy bandwidth (bytes read + written per second by a large device-to-device
 copy) is measured in the same run and the cache bytes are averaged over the generated
 positions. Every plmkit mode must give the same tokens as the uncached loop on CPU
@@ -119,7 +121,8 @@ def bench_model(name, args, device, dtype, bandwidth):
                 assert agree[m] == 1.0, f"{m} gave different tokens from the reference loop"
 
     bytes_per_value = torch.finfo(dtype).bits // 8
-    weights = cfg.num_parameters() * bytes_per_value
+    # every weight matrix is read once per token; of the embedding table only one row
+    weights = (cfg.num_parameters() - cfg.vocab_size * cfg.hidden_size) * bytes_per_value
     kv_read = cfg.kv_cache_bytes_per_token(bytes_per_value) * (T + n_new / 2)     # mean context while decoding
     floor = bandwidth / (weights + kv_read)
     print(f"\n{name}: {cfg.num_parameters() / 1e6:.0f}M parameters, {dtype}, prompt {T}, {n_new} new tokens, "

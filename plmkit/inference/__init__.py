@@ -9,7 +9,7 @@
 from .fast import FastDecoder, FastSeq2SeqState, StaticState, fuse_qkv_, unfuse_qkv_
 from .int8 import Int8Linear, dequantize_int8, linear_weight_bytes, quantize_int8, quantize_model_int8_
 from .memory import (DTYPE_BYTES, GPUS, LLAMA_CONFIGS, forward_cost, kv_bytes_per_token, kv_cache_bytes,
-                     memory_report, roofline, weight_bytes)
+                     memory_report, pass_cost, roofline, weight_bytes)
 from .paged import BlockPool, PagedKVCache, fragmentation, lookup_slot
 from .speculative import (SpeculativeStats, accept_draft, expected_tokens_per_round, residual_distribution,
                           speculative_generate)
@@ -17,7 +17,7 @@ from .speculative import (SpeculativeStats, accept_draft, expected_tokens_per_ro
 __all__ = ["FastDecoder", "FastSeq2SeqState", "StaticState", "fuse_qkv_", "unfuse_qkv_",
            "Int8Linear", "dequantize_int8", "linear_weight_bytes", "quantize_int8", "quantize_model_int8_",
            "DTYPE_BYTES", "GPUS", "LLAMA_CONFIGS", "forward_cost", "kv_bytes_per_token", "kv_cache_bytes",
-           "memory_report", "roofline", "weight_bytes",
+           "memory_report", "pass_cost", "roofline", "weight_bytes",
            "BlockPool", "PagedKVCache", "fragmentation", "lookup_slot",
            "SpeculativeStats", "accept_draft", "expected_tokens_per_round", "residual_distribution",
            "speculative_generate"]

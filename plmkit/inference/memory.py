@@ -13,7 +13,8 @@ cache for a batch is that times batch x context length.
 ones does about 2 x parameters x T_new FLOPs in the matrix products (one
 multiply and one add per weight per token) plus the attention scores and
 weighted sums, 4 x layers x H x head_dim FLOPs per (query, key) pair. It reads
-every weight once, reads the cached keys/values and writes the new ones.
+every weight matrix once, reads the cached keys/values and writes the new ones
+(:func:`pass_cost`).
 Arithmetic intensity = FLOPs / bytes. Prefill (T_new in the hundreds) does
 hundreds of FLOPs per byte; a decode step at batch 1 (T_new = 1) about one per
 byte per weight (2 FLOPs per 2-byte weight).
@@ -33,7 +34,7 @@ from __future__ import annotations
 from ..models.llama import LlamaConfig
 
 __all__ = ["LLAMA_CONFIGS", "GPUS", "DTYPE_BYTES", "kv_bytes_per_token", "kv_cache_bytes", "weight_bytes",
-           "forward_cost", "roofline", "memory_report"]
+           "pass_cost", "forward_cost", "roofline", "memory_report"]
 
 # Published configurations (Hugging Face config.json of meta-llama/Llama-2-7b-hf, Llama-2-70b-hf,
 # Meta-Llama-3-8B; Touvron et al. 2023b, Grattafiori et al. 2024).
@@ -89,27 +90,52 @@ def weight_bytes(config: LlamaConfig, bytes_per_value: float = 2) -> float:
     return config.num_parameters() * bytes_per_value
 
 
+def pass_cost(n_params: int, n_layers: int, n_heads: int, head_dim: int, n_kv_heads: int, new_tokens: int,
+              past_tokens: int = 0, bytes_per_value: float = 2) -> tuple[float, float, float]:
+    """(FLOPs, bytes, FLOPs per byte) of one forward pass of one sequence.
+
+    n_params: the parameters used as matrices (every linear layer, the LM head;
+    not the embedding table, of which a pass reads only its tokens' rows).
+    FLOPs: 2 per parameter per new token (a multiply and an add), plus attention,
+    4 x layers x heads x head_dim per (query, visible key) pair (q.k and the
+    weighted sum of v, 2 FLOPs per element each); causal: new token i sees
+    past_tokens + i + 1 keys. Bytes: every parameter read once, the cached
+    keys/values read, the new ones written (2 x layers x n_kv_heads x head_dim
+    values per token), activations ignored.
+
+    >>> f, b, i = pass_cost(1000, 2, 4, 8, 2, new_tokens=1, past_tokens=9, bytes_per_value=2)
+    >>> f, b                   # 2*1000 + 4*2*4*8*10 ;  1000*2 + (2*2*2*8*2)*10
+    (4560.0, 3280.0)
+    """
+    for name, value in (("n_params", n_params), ("n_layers", n_layers), ("n_heads", n_heads),
+                        ("head_dim", head_dim), ("n_kv_heads", n_kv_heads), ("new_tokens", new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(past_tokens, bool) or not isinstance(past_tokens, int) or past_tokens < 0:
+        raise ValueError(f"past_tokens must be an int >= 0, got {past_tokens!r}")
+    _check_positive(bytes_per_value=bytes_per_value)
+    pairs = new_tokens * past_tokens + new_tokens * (new_tokens + 1) // 2
+    flops = 2 * n_params * new_tokens + 4 * n_layers * n_heads * head_dim * pairs
+    kv_per_token = 2 * n_layers * n_kv_heads * head_dim * bytes_per_value
+    bytes_moved = n_params * bytes_per_value + kv_per_token * (past_tokens + new_tokens)
+    return float(flops), float(bytes_moved), flops / bytes_moved
+
+
 def forward_cost(config: LlamaConfig, new_tokens: int, past_tokens: int = 0, batch: int = 1,
                  bytes_per_value: float = 2) -> dict:
-    """FLOPs and bytes moved by one forward pass over `new_tokens` per sequence after `past_tokens` cached.
+    """:func:`pass_cost` for a LLaMA configuration and `batch` sequences (the weights are read once for all).
 
-    flops: 2 x (parameters except the embedding table) x tokens, plus attention
-    4 x layers x H x head_dim per (query, visible key) pair, causal: query i of the
-    new ones sees past_tokens + i + 1 keys. bytes: weights once, the cached K/V read,
-    the new K/V written (activations ignored). Returns flops, bytes, intensity.
+    Returns a dict of flops, bytes and intensity.
     """
     _check_config(config)
-    _check_positive(new_tokens=new_tokens, batch=batch, bytes_per_value=bytes_per_value)
-    if not isinstance(past_tokens, int) or past_tokens < 0:
-        raise ValueError(f"past_tokens must be an int >= 0, got {past_tokens!r}")
+    _check_positive(batch=batch)
     c = config
-    matmul_params = c.num_parameters() - c.vocab_size * c.hidden_size * (1 if not c.tie_word_embeddings else 0)
-    pairs = new_tokens * past_tokens + new_tokens * (new_tokens + 1) // 2
-    flops = batch * (2 * matmul_params * new_tokens
-                     + 4 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * pairs)
+    matmul = c.num_parameters() - (0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size)
+    flops, _, _ = pass_cost(matmul, c.num_hidden_layers, c.num_attention_heads, c.head_dim,
+                            c.num_key_value_heads, new_tokens, past_tokens, bytes_per_value)
     kv = kv_bytes_per_token(c, bytes_per_value)
-    bytes_moved = c.num_parameters() * bytes_per_value + batch * kv * (past_tokens + new_tokens)
-    return {"flops": float(flops), "bytes": float(bytes_moved), "intensity": flops / bytes_moved}
+    bytes_moved = matmul * bytes_per_value + batch * kv * (past_tokens + new_tokens)
+    return {"flops": batch * flops, "bytes": float(bytes_moved), "intensity": batch * flops / bytes_moved}
 
 
 def roofline(intensity: float, peak_flops: float, bandwidth: float) -> float:

@@ -66,7 +66,7 @@ def accept_draft(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
     k = q.shape[0]
     for i in range(k):
         x = int(draft[i])
-        u = float(torch.rand((), generator=generator))
+        u = float(torch.rand((), generator=generator, device=None if generator is None else generator.device))
         if u * float(q[i, x]) < float(p[i, x]):               # u < p/q without dividing by a zero q
             continue
         return i, int(torch.multinomial(residual_distribution(p[i], q[i]), 1, generator=generator))
@@ -89,13 +89,17 @@ class SpeculativeStats:
 
     proposed: int = 0          # draft tokens proposed
     accepted: int = 0          # of those, accepted
+    rejected: int = 0          # rounds that ended with a rejection (the draft tokens after it go unchecked)
     target_calls: int = 0      # target forward passes (the first one also reads the prompt)
     draft_calls: int = 0       # draft forward passes (prefill included)
     emitted: int = 0           # tokens produced
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
+        """Of the draft tokens the target checked, the fraction it accepted (an estimate of Leviathan et
+        al.'s alpha; the tokens after a rejection are never checked, so they do not count)."""
+        checked = self.accepted + self.rejected
+        return self.accepted / checked if checked else 0.0
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -169,6 +173,7 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
         n, token = accept_draft(p, q, torch.tensor(drafted, dtype=torch.long), generator)
         stats.proposed += n_draft
         stats.accepted += n
+        stats.rejected += n < n_draft
         seq = torch.cat([seq, torch.tensor(drafted[:n] + [token], dtype=seq.dtype, device=seq.device)])
         stats.emitted += n + 1
         tgt.crop(len(seq) - 1)                             # keep what both agree on; the new token is fed next

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from plmkit.generate import generate, positions_from_mask
+from plmkit.generate import CachedState, generate, positions_from_mask
 from plmkit.inference import FastDecoder, fuse_qkv_, unfuse_qkv_
 from plmkit.models.gpt import GPT, GPTConfig
 from plmkit.models.llama import Llama, LlamaConfig
@@ -71,6 +71,21 @@ def test_fast_decoder_logits_equal_the_uncached_forward_at_every_step(make, trac
             fuse_qkv_(model)
             for t, logits in enumerate(got):
                 torch.testing.assert_close(logits, full[:, ids.shape[1] - 1 + t], atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_platform_cached_state_with_gqa_and_left_padding_equals_the_uncached_forward(static):
+    """tests/test_llama.py checks Llama's caches without padding; here the left-padded GQA case."""
+    model = llama_gqa()
+    ids, mask = left_padded_prompts()
+    new = torch.randint(3, 60, (3, 5), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        state = CachedState(model, max_new_tokens=6, static=static)
+        got = [state.prefill(ids, mask)] + [state.step(new[:, t]) for t in range(new.shape[1])]
+        full_mask = torch.cat([mask, torch.ones_like(new)], 1)
+        full = model(torch.cat([ids, new], 1), attention_mask=full_mask, position_ids=positions_from_mask(full_mask))
+    for t, logits in enumerate(got):
+        torch.testing.assert_close(logits, full[:, ids.shape[1] - 1 + t], atol=ATOL, rtol=1e-4)
 
 
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "compiled"])

@@ -181,15 +181,15 @@ def test_fast_decoder_validation():
         fuse_qkv_("model")
 
 
-def test_the_compiled_step_is_one_graph_across_steps_and_calls():
-    """Positions move and a second generate call comes: the traced step is neither broken nor retraced."""
+@pytest.mark.parametrize("make", [gpt, llama_gqa, t5], ids=["gpt", "llama_gqa", "t5"])
+def test_the_compiled_step_is_one_graph_across_steps_and_calls(make):
+    """Positions move and later generate calls come: the traced step is neither broken nor retraced."""
     from torch._dynamo.utils import counters
 
-    model = llama_gqa()
     torch._dynamo.reset()
     counters.clear()
-    fast = FastDecoder(model, batch_size=1, max_length=20, compile=True, backend="eager")
-    generate(fast, [[4, 5, 6]], max_new_tokens=8, temperature=0)
-    generate(fast, [[9, 8, 7, 6, 5]], max_new_tokens=10, temperature=0)
+    fast = FastDecoder(make(), batch_size=2, max_length=20, compile=True, backend="eager")
+    generate(fast, [[4, 5, 6], [7, 8]], max_new_tokens=8, temperature=0)
+    generate(fast, [[9, 8, 7, 6, 5], [3, 3, 3]], max_new_tokens=10, temperature=0)
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()

@@ -111,7 +111,9 @@ class FastDecoder(nn.Module):
     * fuse_qkv: apply :func:`fuse_qkv_` to the model (changes the model in place).
 
     Pass the FastDecoder to :func:`plmkit.generate.generate` in place of the model.
-    Calling it runs the wrapped model's forward.
+    Calling it runs the wrapped model's forward. For T5 the step also reads the
+    encoder's keys/values, whose length is the input's: a compiled step is
+    recompiled for every new input length, so pad inputs to one length.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_length: int, *, compile: bool | str = "auto",

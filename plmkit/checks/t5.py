@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from .. import generate as _generate
 from ..models import t5 as _t5
 from ..nn import attention as _attn
-from ..nn import blocks as _blocks
 from ..nn import ffn as _ffn
 from ..nn import norms as _norms
 from ..nn import relative as _relative
@@ -38,16 +37,7 @@ from ..objectives import prefix as _prefix
 from ..objectives import span as _span
 from ._core import Exercise, reference_grads
 from ._guard import Rule, aten_ops
-
-SDPA = Rule("`F.scaled_dot_product_attention`",
-            [F.scaled_dot_product_attention, *aten_ops(
-                "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-                "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_attention_math",
-                "_fused_sdp_choice", "_native_multi_head_attention")])
-TORCH_MHA = Rule("`nn.MultiheadAttention`", [torch.nn.MultiheadAttention, F.multi_head_attention_forward])
-PLMKIT_ATTENTION = Rule("plmkit's `scaled_dot_product_attention` / `MultiHeadAttention`",
-                        [_attn.scaled_dot_product_attention, _attn.MultiHeadAttention])
+from .transformer import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
 
 
 def _rule(what: str, *targets) -> Rule:

@@ -1,4 +1,4 @@
-"""Direct preference optimisation (Rafailov et al. 2023), and IPO (Azar et al. 2023).
+"""Direct preference optimisation (Rafailov et al. 2023), and IPO (Azar et al. 2024).
 
 RLHF maximises E[r(x, y)] - beta * KL(pi || pi_ref). That objective has a closed-form
 optimum, pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x), so a reward can be read
@@ -93,7 +93,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     """The DPO (or IPO) loss from summed completion log-probs, each (B,) -> (scalar loss, metrics).
 
     - ``"sigmoid"`` (DPO): mean of -log sigma(beta * (h_c - h_r)), h = log pi - log pi_ref.
-    - ``"ipo"`` (Azar et al. 2023, eq. 17): mean of (h_c / L_c - h_r / L_r - 1 / (2 beta))^2 where L is
+    - ``"ipo"`` (Azar et al. 2024, eq. 17): mean of (h_c / L_c - h_r / L_r - 1 / (2 beta))^2 where L is
       the completion length: TRL divides the summed log-ratios by the number of completion
       tokens for IPO (confirmed with the IPO authors, says its source), so lengths are required.
 

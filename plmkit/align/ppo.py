@@ -363,8 +363,8 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) = log n - (n - 1) / n, an upper bound that is exact when no two samples tie
-    (Stiennon et al. 2020, appendix; Gao et al. 2023)."""
+    """KL(best-of-n || base) = log n - (n - 1) / n, the formula of Gao et al. (2023) and earlier OpenAI
+    work; Beirami et al. (2024) show it is an upper bound, reached when no two samples tie."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     return math.log(n) - (n - 1) / n

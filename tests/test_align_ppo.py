@@ -140,7 +140,7 @@ def prompts(B, g):
     return torch.randint(3, 16, (B, 2), generator=g)
 
 
-def target_fraction(responses, mask):
+def target_fraction(responses, mask, prompts):
     """The programmatic reward: the fraction of response tokens that are 3 or 4."""
     return ((responses == 3) | (responses == 4)).float().mean(1)
 
@@ -170,3 +170,13 @@ def test_ppo_refuses_a_reference_that_shares_the_policy_parameters():
     lm = Llama(CFG)
     with pytest.raises(ValueError, match="shares parameters"):
         ppo.train_ppo(ppo.PolicyWithValue(lm), lm, prompts, target_fraction, ppo.PPOConfig(), updates=1)
+
+
+def test_adaptive_kl_controller_runs_inside_ppo_and_moves_the_coefficient():
+    torch.manual_seed(0)
+    lm = Llama(CFG)
+    config = ppo.PPOConfig(kl_coef=0.05, target_kl=0.01, kl_horizon=100, max_new_tokens=8, lr=3e-3)
+    history = ppo.train_ppo(ppo.PolicyWithValue(lm), copy.deepcopy(lm), prompts, target_fraction, config,
+                            updates=4, batch_size=16, log_every=2)
+    assert config.kl_coef > 0.05                      # the KL exceeded its tiny target: the penalty grew
+    assert [h["update"] for h in history] == [0, 2, 4]

@@ -12,13 +12,13 @@ import warnings
 import pytest
 import torch
 
-import datasets  # noqa: E402,F811
-import transformers  # noqa: E402
-import trl  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+import datasets
+import transformers
+import trl
+from tokenizers import Tokenizer, models, pre_tokenizers
 
-from plmkit.align import dpo, reward  # noqa: E402
-from plmkit.models.llama import Llama  # noqa: E402
+from plmkit.align import dpo, reward
+from plmkit.models.llama import Llama
 
 WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(29)]
 PAIRS = [("w1 w2 w3", " w4 w5", " w6"),
@@ -46,8 +46,26 @@ def ours_from(hf_model, tmp_path, name):
     return Llama.from_pretrained(tmp_path / name).double()
 
 
-def grads(params):
-    return [p.grad.detach().clone() for p in params]
+RENAME = [("model.embed_tokens", "wte"), ("model.layers", "blocks"), ("input_layernorm", "norm1"),
+          ("post_attention_layernorm", "norm2"), ("self_attn.o_proj", "attn.out_proj"), ("self_attn", "attn"),
+          ("mlp", "ffn"), ("model.norm", "ln_f")]
+
+
+def ours_name(hf_name):
+    for a, b in RENAME:
+        hf_name = hf_name.replace(a, b)
+    return hf_name
+
+
+def assert_all_grads_equal(ours, hf_named, unused=()):
+    """Every parameter of the Hugging Face model has a gradient equal to ours (same name after renaming);
+    `unused`: our parameters that the loss does not reach (the reward model's unused vocabulary head)."""
+    mine = {n: p for n, p in ours.named_parameters() if n not in unused}
+    assert sorted(mine) == sorted(ours_name(n) for n in hf_named)
+    for name, p in hf_named.items():
+        q = mine[ours_name(name)]
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(q.grad, p.grad.to(q.grad.dtype), atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
@@ -87,19 +105,7 @@ def test_dpo_loss_and_gradients_equal_trl_dpo_trainer(tmp_path, loss_type):
     assert abs(got.item() - want.item()) < 1e-5, (got.item(), want.item())
     assert abs(want.item() - 0.6931) > 1e-3 or loss_type == "ipo"   # not the trivial policy == reference value
 
-    named_hf = dict(trainer.model.named_parameters())
-    pairs = [("wte.weight", "model.embed_tokens.weight"), ("lm_head.weight", "lm_head.weight"),
-             ("blocks.0.attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
-             ("blocks.1.ffn.gate_proj.weight", "model.layers.1.mlp.gate_proj.weight"),
-             ("ln_f.weight", "model.norm.weight")]
-    ours_named = dict(policy.named_parameters())
-    for ours_name, hf_name in pairs:
-        g_ours, g_hf = ours_named[ours_name].grad, named_hf[hf_name].grad
-        assert g_ours is not None and g_hf is not None, ours_name
-        torch.testing.assert_close(g_ours, g_hf.to(g_ours.dtype), atol=1e-5, rtol=1e-5)
-    total_ours = sum(p.grad.abs().sum() for p in policy.parameters() if p.grad is not None)
-    total_hf = sum(p.grad.abs().sum() for p in trainer.model.parameters() if p.grad is not None)
-    assert abs(float(total_ours) - float(total_hf)) < 1e-5 * max(1.0, float(total_hf))
+    assert_all_grads_equal(policy, dict(trainer.model.named_parameters()))
     assert all(p.grad is None for p in ref.parameters())
     if loss_type == "sigmoid":                  # the logged metrics agree too
         trl_metrics = trainer._metrics["train"]
@@ -138,8 +144,7 @@ def test_reward_loss_and_gradients_equal_trl_reward_trainer(tmp_path):
     got, metrics = reward.reward_loss(ours, ci, cm, ri, rm)
     got.backward()
     assert abs(got.item() - want.item()) < 1e-5, (got.item(), want.item())
+    hf_named = {n: p for n, p in hf.named_parameters() if n.startswith("model.")}
+    assert_all_grads_equal(ours.backbone, hf_named, unused=("lm_head.weight",))
     torch.testing.assert_close(ours.score.weight.grad, hf.score.weight.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.backbone.wte.weight.grad, hf.model.embed_tokens.weight.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.backbone.blocks[1].attn.v_proj.weight.grad,
-                               hf.model.layers[1].self_attn.v_proj.weight.grad, atol=1e-5, rtol=1e-5)
     assert abs(metrics["accuracy"] - trainer._metrics["train"]["accuracy"][-1]) < 1e-9

@@ -273,7 +273,8 @@ def rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, rewa
             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Sample one response per prompt (B, P) and compute everything a PPO update needs.
 
-    reward_fn(responses (B, N), mask (B, N)) -> scores (B,). Prompts share one length P (no padding).
+    reward_fn(responses (B, N), mask (B, N), prompts (B, P)) -> scores (B,). Prompts share one length P
+    (no padding).
     Returns sequences, mask, logp, ref_logp, values, scores, rewards, advantages, returns.
     """
     if prompts.ndim != 2:
@@ -289,7 +290,7 @@ def rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, rewa
     logp, values = _response_stats(policy, sequences, P, config.temperature)
     ref_logp, _ = _response_stats(ref, sequences, P, config.temperature)
     policy.train(was_training)
-    scores = reward_fn(responses, mask).to(logp.dtype)                                  # (B,)
+    scores = reward_fn(responses, mask, prompts).to(logp.dtype)                         # (B,)
     rewards = shaped_rewards(scores, logp, ref_logp, mask, config.kl_coef, config.kl_estimator)
     advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
     return {"sequences": sequences, "prompt_length": P, "mask": mask, "logp": logp, "ref_logp": ref_logp,
@@ -331,8 +332,9 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
     update number, the mean score, the mean sequence KL(pi || pi_ref) (k1 summed over tokens),
     kl_coef, and eval_fn(responses, mask) -> dict of extra numbers (e.g. the true reward).
 
-    prompt_fn(batch_size, generator) -> (B, P) prompts. The reference must be a separate,
-    frozen model: nothing of it is updated here.
+    prompt_fn(batch_size, generator) -> (B, P) prompts; reward_fn as in :func:`rollout`. The reference
+    must be a separate, frozen model: nothing of it is updated here. With ``config.target_kl`` set, the
+    adaptive controller updates ``config.kl_coef`` in place after every rollout.
     """
     if not isinstance(updates, int) or updates < 0:
         raise ValueError(f"updates must be an int >= 0, got {updates!r}")

@@ -203,14 +203,13 @@ def _accuracy(model, pairs) -> float:
     return float(_reward.preference_accuracy(model(ci, cm), model(ri, rm)))
 
 
-def reward_fn(model: _reward.RewardModel, prompt_length: int = PROMPT_LEN):
-    """A PPO reward function from a reward model: responses are scored after a fixed generic prompt."""
+def reward_fn(model: _reward.RewardModel):
+    """A PPO reward function from a reward model: score(responses, mask, prompts) -> (B,), each response
+    scored after its own prompt, as the reward model saw (prompt + answer) rows in training."""
     @torch.no_grad()
-    def score(responses: torch.Tensor, mask: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
-        # PPO's rollout passes responses only; the reward model saw prompt + response in training,
-        # and our true reward ignores the prompt, so a fixed <s> the the prompt stands in for it.
-        p = torch.tensor([[BOS] + [NEUTRAL[0]] * (prompt_length - 1)]).expand(responses.size(0), -1)
-        return model(torch.cat([p, responses], dim=1), torch.cat([torch.ones_like(p), mask], dim=1))
+    def score(responses: torch.Tensor, mask: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([prompts, responses * mask], dim=1)                        # padding -> <pad>
+        return model(ids, torch.cat([torch.ones_like(prompts), mask], dim=1))
     return score
 
 
@@ -259,11 +258,12 @@ def evaluate(policy: Llama, ref: Llama, n: int = 512, seed: int = 1234) -> dict:
 
 @torch.no_grad()
 def best_of_n(policy: Llama, score_fn, N: int, n: int = 256, seed: int = 1234) -> dict:
-    """Best-of-N: N samples per prompt, keep the one `score_fn` likes best. KL is analytic, log N - (N-1)/N."""
+    """Best-of-N: N samples per prompt, keep the one score_fn(responses, mask, prompts) likes best.
+    KL is analytic, log N - (N-1)/N."""
     g = torch.Generator().manual_seed(seed)
     p = prompts(n, g).repeat_interleave(N, dim=0)
     resp, mask = sample(policy, p, g)
-    s = score_fn(resp, mask).view(n, N)
+    s = score_fn(resp, mask, p).view(n, N)
     best = s.argmax(dim=1) + torch.arange(n) * N
     r = true_reward(resp[best], mask[best])
     return {"true_reward": float(r.mean()), "kl": _ppo.best_of_n_kl(N), "N": N,

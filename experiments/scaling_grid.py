@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from plmkit.scaling import run_grid  # noqa: E402
 
-FULL = dict(widths=[16, 24, 32, 48, 64, 96, 128], budgets=[131_072, 262_144, 524_288, 1_048_576], seeds=[0, 1])
+FULL = dict(widths=[16, 32, 48, 64, 96, 128, 160], budgets=[131_072, 262_144, 524_288, 1_048_576], seeds=[0, 1])
 SMOKE = dict(widths=[16, 32, 48], budgets=[2048, 4096], seeds=[0])
 
 

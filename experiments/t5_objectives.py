@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from plmkit.text2text import OBJECTIVES, run_objective, word_list  # noqa: E402
 
-FULL = dict(seeds=[0, 1, 2], d_model=128, n_layers=2, pretrain_steps=1500, finetune_steps=1000, batch_size=64,
-            n_eval=300)
+# Sized for a 2-core CPU (about 5 minutes on one thread); on a GPU raise d_model and the steps.
+FULL = dict(seeds=[0, 1, 2], d_model=64, n_layers=2, pretrain_steps=400, finetune_steps=400, batch_size=32,
+            n_eval=150)
 SMOKE = dict(seeds=[0], d_model=16, n_layers=1, pretrain_steps=3, finetune_steps=2, batch_size=4, n_eval=6)
 
 
@@ -71,11 +72,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
     ap.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=OBJECTIVES)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--words", help="a file of corpus words, one per line (default: plmkit's pydoc corpus of this "
+                                    "Python, which differs between Python versions)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine the results of several runs into --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     settings = dict(SMOKE if args.smoke else FULL)
     if args.seeds:
         settings["seeds"] = args.seeds
-    words = word_list()
+    words = Path(args.words).read_text().split() if args.words else word_list()
     results = []
     for seed in settings["seeds"]:
         for obj in args.objectives:
@@ -92,6 +98,18 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1))
     print(f"wrote {args.out}")
+    return record
+
+
+def merge(files: list[str], out: str) -> dict:
+    """One record from several runs of this script (e.g. one per seed, run in parallel)."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    results = [r for p in parts for r in p["results"]]
+    record = {k: parts[0][k] for k in ("what", "device", "git_commit", "torch", "settings", "smoke")}
+    record.update(command=" && ".join(p["command"] for p in parts), date=max(p["date"] for p in parts),
+                  seeds=sorted({s for p in parts for s in p["seeds"]}), summary=summarise(results), results=results)
+    Path(out).write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}: {len(results)} runs")
     return record
 
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("author", help="regenerate notebooks/ from solutions/")
     a.add_argument("--check", action="store_true", help="write nothing; exit 1 if notebooks/ is out of date")
     a.add_argument("--root", default=".", help="the book's root folder (default: .)")
+    a.add_argument("--tag-demos", action="store_true",
+                   help="first tag grade-skip every cell of solutions/ that grading does not need (metadata only)")
     a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
 
     c = sub.add_parser("class-edition", help="write the book's sources without solutions (make book SOLUTIONS=hide)")
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
     e.add_argument("--timeout", type=int, default=1800, metavar="SECONDS", help="per-cell time limit")
+    e.add_argument("--timings", action="store_true", help="print the time of every cell that took 1 s or more")
 
     args = parser.parse_args(argv)
     if args.command == "grade":
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from .grading.author import author
         from .grading.notebook import NotebookError
         try:
-            stale = author(args.root, check=args.check, chapters=args.chapters or None)
+            stale = author(args.root, check=args.check, chapters=args.chapters or None,
+                           tag_demos=args.tag_demos)
         except (NotebookError, FileNotFoundError) as err:
             print(f"plmkit author: {err}", file=sys.stderr)
             return 2
@@ -69,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         from .grading.execute import execute
         for path in args.paths:
             print(f"executing {path} ...", flush=True)
-            seconds = execute(path, timeout=args.timeout)
+            timings = [] if args.timings else None
+            seconds = execute(path, timeout=args.timeout, timings=timings)
             print(f"  done in {seconds:.1f} s")
+            for dt, i, first in sorted(timings or [], reverse=True):
+                if dt >= 1.0:
+                    print(f"  {dt:7.1f} s  cell {i:3d}  {first}")
         return 0
     return 2  # pragma: no cover
 

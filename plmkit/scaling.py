@@ -347,9 +347,10 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     No model reads a token twice (each run is one pass over part of the stream); seed s starts at
     s * max(budgets), so that seeds differ in their text as well as their initialisation.
     """
+    configs = {d: tiny_llama_config(vocab_size, d, n_layers) for d in widths}     # bad widths fail before training
     runs = []
     for d in widths:
-        config = tiny_llama_config(vocab_size, d, n_layers)
+        config = configs[d]
         for tokens in budgets:
             for seed in seeds:
                 r = train_and_evaluate(config, train_ids, val_ids, tokens, seed=seed, offset=seed * max(budgets),
@@ -364,10 +365,16 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     law = fit_chinchilla(N, D, L)
     C_pred = predict_factor * max(r["C"] for r in runs)
     N_opt, D_opt = law.compute_optimal(C_pred)
-    config = closest_config(N_opt, vocab_size, n_layers)
-    N_run = non_embedding_parameters(config)
     block, batch = run_options.get("block_size", 64), run_options.get("batch_size", 16)
-    D_run = int(C_pred / (6 * N_run)) // (block * batch) * (block * batch)
+    # the width closest to N_opt whose D = C / 6N still fits in one pass over the training text
+    widths = sorted(range(16, 64 * 16 + 1, 16), key=lambda d: abs(math.log(
+        non_embedding_parameters(tiny_llama_config(vocab_size, d, n_layers)) / float(N_opt))))
+    for d in widths:
+        config = tiny_llama_config(vocab_size, d, n_layers)
+        N_run = non_embedding_parameters(config)
+        D_run = int(C_pred / (6 * N_run)) // (block * batch) * (block * batch)
+        if D_run + 1 <= len(train_ids):
+            break
     predicted = float(law.loss(N_run, D_run))
     r = train_and_evaluate(config, train_ids, val_ids, D_run, seed=0, **run_options)
     r.pop("model")
@@ -376,4 +383,5 @@ def run_grid(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, *,
     return dict(runs=runs, fit=dict(E=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta),
                 prediction=dict(C=6.0 * N_run * D_run, C_target=C_pred, N_opt=float(N_opt), D_opt=float(D_opt),
                                 width=config.hidden_size, n_layers=n_layers, N=N_run, D=D_run,
+                                text_limited=config.hidden_size != widths[0],
                                 predicted_loss=predicted, measured_loss=r["loss"], seconds=r["seconds"]))

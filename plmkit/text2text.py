@@ -6,12 +6,13 @@ something in seconds on a CPU.
 
     CharVocab              <pad>=0, </s>=1, <unk>=2, <mask>=3, " a-z:|", then sentinels at the end
     word_list / windows    the words of the corpus, random windows of them
-    make_task              "reverse: a b c" -> "c b a", "sort: ..." -> sorted, "fill: a _ c" -> "b"
+    make_task              "reverse: a b" -> "b a", "sort: b a" -> "a b", "fill: a _ c d e" -> "b"
     pretrain_pairs         one batch of (input, target) texts for an objective:
                            'span' (T5), 'bart' (text infilling), 'prefix' (prefix LM), 'clm' (decoder-only)
     Seq2SeqBatch / collate encoder-decoder batches (right padding, labels -100 on padding)
     decoder_only_batch     "input|target</s>" for a decoder-only model, loss on the target only
-    build_model            a tiny T5 (encoder-decoder) or GPT (decoder-only) of matched per-token cost
+    T5DecoderOnly          T5's blocks without cross-attention: the decoder-only side of the comparison
+    build_model            a tiny T5 (encoder-decoder) or T5DecoderOnly of matched per-token cost
     run_objective          pre-train with one objective, fine-tune on the tasks, report loss and exact match
 
 Per-token cost: an encoder-decoder with L encoder and L decoder layers runs
@@ -34,13 +35,14 @@ import torch.nn.functional as F
 
 from .data import load_corpus
 from .generate import generate
-from .models.gpt import GPT, GPTConfig
-from .models.t5 import T5Config, T5ForConditionalGeneration, seq2seq_loss
+from torch import nn
+
+from .models.t5 import T5Config, T5ForConditionalGeneration, T5Stack, init_t5_weights, seq2seq_loss
 from .objectives import IGNORE_INDEX, span_corruption, text_infilling
 from .train import Trainer
 
 __all__ = ["CharVocab", "word_list", "make_task", "TASKS", "OBJECTIVES", "pretrain_pairs", "collate",
-           "decoder_only_batch", "build_model", "train_flops", "exact_match", "run_objective"]
+           "decoder_only_batch", "T5DecoderOnly", "build_model", "train_flops", "exact_match", "run_objective"]
 
 TASKS = ("reverse", "sort", "fill")
 OBJECTIVES = ("span", "bart", "prefix", "clm")
@@ -80,7 +82,7 @@ class CharVocab:
         return "".join(out)
 
 
-def word_list(min_len: int = 2, max_len: int = 8) -> list[str]:
+def word_list(min_len: int = 2, max_len: int = 6) -> list[str]:
     """The corpus as a list of lower-case words, in order (repeats kept)."""
     words = re.findall(r"[a-z]+", load_corpus("pydoc").lower())
     return [w for w in words if min_len <= len(w) <= max_len]
@@ -91,11 +93,11 @@ def _window(words: list[str], n: int, rng: random.Random) -> list[str]:
     return words[i:i + n]
 
 
-def make_task(task: str, words: list[str], rng: random.Random, n_words: int = 3) -> tuple[str, str]:
+def make_task(task: str, words: list[str], rng: random.Random, n_words: int = 2) -> tuple[str, str]:
     """One (input, target) pair of a text-to-text task, the task named by a prefix.
 
     >>> make_task("reverse", ["one", "two", "three", "four", "five", "six"], random.Random(0))
-    ('reverse: four six one', 'one six four')
+    ('reverse: four six', 'six four')
     """
     if task == "reverse":
         ws = rng.sample(words, n_words)
@@ -174,17 +176,40 @@ def _decoder_only_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
 
+class T5DecoderOnly(nn.Module):
+    """T5's decoder blocks without cross-attention: a decoder-only LM with T5's recipe.
+
+    Relative position bias (causal), RMS norm, no biases, the same feed-forward and the same
+    initialisation as :class:`~plmkit.models.t5.T5ForConditionalGeneration`, and a tied head
+    scaled by d_model^-0.5. So the objective comparison changes the architecture and nothing
+    else. ``forward(input_ids, attention_mask=None, position_ids=None)`` -> logits (B, T, V);
+    positions are relative, so `position_ids` is accepted and not needed (left padding is masked).
+    """
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.decoder = T5Stack(config, is_decoder=True, cross_attention=False)
+        init_t5_weights(self, config, self.shared, (self.decoder,))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.decoder.decode(self.shared(input_ids), None, None, attention_mask)[-1]   # (B, T, C)
+        return F.linear(hidden * self.config.d_model ** -0.5, self.shared.weight)            # (B, T, V)
+
+
 def build_model(kind: str, vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                d_ff: int = 128, max_len: int = 128):
-    """'encdec': T5 (v1.0 recipe) with n_layers + n_layers; 'dec': GPT with n_layers (same per-token cost)."""
+                d_ff: int = 128):
+    """'encdec': T5 (v1.0 recipe) with n_layers + n_layers; 'dec': the same blocks as a decoder-only
+    model with n_layers (the same per-token cost, half the parameters)."""
+    cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // n_heads, d_ff=d_ff,
+                   num_layers=n_layers, num_heads=n_heads, relative_attention_num_buckets=16,
+                   relative_attention_max_distance=64, dropout_rate=0.0)
     if kind == "encdec":
-        cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // n_heads, d_ff=d_ff,
-                       num_layers=n_layers, num_heads=n_heads, relative_attention_num_buckets=16,
-                       relative_attention_max_distance=64, dropout_rate=0.0)
         return T5ForConditionalGeneration(cfg)
     if kind == "dec":
-        return GPT(GPTConfig(vocab_size=vocab_size, n_positions=max_len, n_embd=d_model, n_layer=n_layers,
-                             n_head=n_heads, n_inner=d_ff, eos_token_id=1))
+        return T5DecoderOnly(cfg)
     raise ValueError(f"kind must be 'encdec' or 'dec', got {kind!r}")
 
 
@@ -194,7 +219,7 @@ def _non_embedding_params(model) -> tuple[int, int]:
         enc = sum(p.numel() for p in model.encoder.parameters())
         dec = sum(p.numel() for p in model.decoder.parameters())
         return enc, dec
-    n = sum(p.numel() for n_, p in model.named_parameters() if not n_.startswith(("wte", "wpe")))
+    n = sum(p.numel() for p in model.decoder.parameters())
     return n, n
 
 
@@ -243,13 +268,14 @@ def exact_match(model, pairs, names, vocab, max_new_tokens: int = 24) -> dict[st
 
 def run_objective(objective: str, seed: int = 0, *, words: list[str] | None = None, d_model: int = 64,
                   n_layers: int = 2, pretrain_steps: int = 300, finetune_steps: int = 300, batch_size: int = 32,
-                  lr: float = 3e-3, n_eval: int = 150, device: str | None = "cpu", log=print) -> dict:
+                  lr: float = 3e-3, n_eval: int = 150, device: str | None = "cpu", log=print,
+                  return_model: bool = False):
     """Pre-train a fresh model with `objective`, fine-tune it on the three tasks, evaluate on held-out pairs.
 
     `pretrain_steps` is the budget of the CLM baseline; every objective gets the
     same pre-training FLOPs (its steps scaled by the FLOPs of one of its steps),
     and all fine-tune for `finetune_steps`. Returns parameters, FLOPs, steps,
-    losses, exact match per task and wall time.
+    losses, exact match per task and wall time (and the model, with ``return_model=True``).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -297,7 +323,7 @@ def run_objective(objective: str, seed: int = 0, *, words: list[str] | None = No
         dev = next(model.parameters()).device
         eval_loss = float(loss_fn(model, {k: v.to(dev) for k, v in batch_of(pairs).items()}))
     em = exact_match(model, pairs, names, vocab)
-    result = {"objective": objective, "model": "encoder-decoder (T5)" if kind == "encdec" else "decoder-only (GPT)",
+    result = {"objective": objective, "model": "encoder-decoder" if kind == "encdec" else "decoder-only",
               "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
               "pretrain_steps": steps, "pretrain_flops": steps * step_flops, "pretrain_loss": pre_loss,
               "finetune_loss": ft.history["loss"][-1], "eval_loss": eval_loss, "exact_match": em,
@@ -305,4 +331,4 @@ def run_objective(objective: str, seed: int = 0, *, words: list[str] | None = No
     log(f"{objective:7s} seed {seed}: {result['parameters']:,} params, {steps} pre-training steps, "
         f"held-out loss {eval_loss:.3f}, exact match {result['exact_match_mean']:.2f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in em.items())}), {result['seconds']:.0f} s")
-    return result
+    return (result, model) if return_model else result

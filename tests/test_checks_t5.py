@@ -440,3 +440,12 @@ def test_every_exercise_has_three_mutants():
     for check, _, _ in MUTANTS:
         counts[check.exercise] = counts.get(check.exercise, 0) + 1
     assert sorted(counts) == [f"5.{i}" for i in range(1, 9)] and min(counts.values()) >= 3
+
+
+def test_the_notebooks_own_solutions_pass(capsys):
+    from solution_code import solutions
+
+    ns = solutions("05_t5")
+    for check, fn in CASES:
+        ok, out = run(check, ns[fn.__name__], capsys=capsys)
+        assert ok, out

@@ -179,7 +179,7 @@ def test_validation():
         LlamaConfig.from_hf_dict({"model_type": "gpt2"})
     model = Llama(LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                               num_attention_heads=2, max_position_embeddings=8))
-    with pytest.raises(ValueError, match="token ids"):
+    with pytest.raises(ValueError, match="input_ids must be in"):
         model(torch.tensor([[0, 20]]))
     with pytest.raises(ValueError, match="input_ids"):
         model(torch.zeros(2, 3))

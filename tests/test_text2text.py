@@ -25,7 +25,7 @@ def test_tasks_are_what_their_prefix_says():
         a, b = t2t.make_task("reverse", words, rng)
         assert a.startswith("reverse: ") and b.split() == a[len("reverse: "):].split()[::-1]
         a, b = t2t.make_task("sort", words, rng)
-        assert b.split() == sorted(a[len("sort: "):].split())
+        assert b.split() == sorted(a[len("sort: "):].split()) and len(b.split()) == 2
         a, b = t2t.make_task("fill", words, rng)
         assert a.count("_") == 1 and " " not in b
     with pytest.raises(ValueError, match="task"):
@@ -89,3 +89,35 @@ def test_objective_study_smoke_writes_a_labelled_json(tmp_path):
     assert max(flops) / min(flops) < 3                          # equal budgets, up to whole steps at smoke size
     for r in saved["results"]:
         assert 0.0 <= r["exact_match_mean"] <= 1.0 and r["eval_loss"] > 0
+
+
+def test_decoder_only_equals_t5s_decoder_with_cross_attention_switched_off():
+    torch.manual_seed(0)
+    ed = t2t.build_model("encdec", 40, d_model=32, n_layers=2).eval()
+    do = t2t.build_model("dec", 40, d_model=32, n_layers=2).eval()
+    with torch.no_grad():
+        for block in ed.decoder.blocks:
+            block.cross_attn.out_proj.weight.zero_()               # cross-attention adds nothing now
+    state = {k: v for k, v in ed.state_dict().items() if k.startswith(("shared.", "decoder."))
+             and ".cross_attn." not in k and ".norm_cross." not in k}
+    assert do.load_state_dict(state, strict=True) is not None
+    ids = torch.randint(2, 40, (3, 11))
+    with torch.no_grad():
+        want = ed(torch.randint(2, 40, (3, 5)), decoder_input_ids=ids)       # any encoder input
+        got = do(ids)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_decoder_only_is_causal_and_ignores_left_padding():
+    torch.manual_seed(1)
+    do = t2t.build_model("dec", 40, d_model=32, n_layers=2).eval()
+    ids = torch.randint(2, 40, (1, 9))
+    changed = ids.clone()
+    changed[0, 6] = (ids[0, 6] + 1) % 40
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        a, b = do(ids), do(changed)
+        c = do(padded, attention_mask=mask)[:, 3:]
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6) and not torch.allclose(a[:, 6:], b[:, 6:])
+    assert torch.allclose(a, c, atol=1e-5)                           # relative positions: padding changes nothing

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from .. import generate as _generate
 from ..models import t5 as _t5
 from ..nn import attention as _attn
-from ..nn import blocks as _blocks
 from ..nn import ffn as _ffn
 from ..nn import norms as _norms
 from ..nn import relative as _relative
@@ -38,16 +37,7 @@ from ..objectives import prefix as _prefix
 from ..objectives import span as _span
 from ._core import Exercise, reference_grads
 from ._guard import Rule, aten_ops
-
-SDPA = Rule("`F.scaled_dot_product_attention`",
-            [F.scaled_dot_product_attention, *aten_ops(
-                "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-                "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_attention_math",
-                "_fused_sdp_choice", "_native_multi_head_attention")])
-TORCH_MHA = Rule("`nn.MultiheadAttention`", [torch.nn.MultiheadAttention, F.multi_head_attention_forward])
-PLMKIT_ATTENTION = Rule("plmkit's `scaled_dot_product_attention` / `MultiHeadAttention`",
-                        [_attn.scaled_dot_product_attention, _attn.MultiHeadAttention])
+from .transformer import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
 
 
 def _rule(what: str, *targets) -> Rule:
@@ -565,6 +555,14 @@ def _gd_reference(state, ids, mask, n):
                               stop_tokens=_EOS, pad_token_id=0)
 
 
+def _rows_end_differently(ref: torch.Tensor) -> bool:
+    """Some row stops at EOS, and some row writes at least 3 tokens first (or never stops)."""
+    is_eos = ref[:, 1:] == _EOS
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], is_eos.shape[1],
+                                                                               dtype=torch.long))
+    return bool(is_eos.any()) and int(first.max()) >= 3
+
+
 @check_greedy_decode.cases
 def _gd_cases(g):
     with torch.random.fork_rng():
@@ -574,10 +572,21 @@ def _gd_cases(g):
     mask = torch.ones(3, 9, dtype=torch.long)
     mask[2, :3] = 0                                          # a shorter input, left-padded
     ids[2, :3] = 0
-    with torch.no_grad():                                    # make EOS win where row 0's favourite token would
+    with torch.no_grad():              # make EOS win where a frequent token would, so that rows end early
         free = _generate.generate(model, ids, max_new_tokens=12, temperature=0, attention_mask=mask)
-        j = int(free[0, 1:].mode().values)
-        model.lm_head.weight[_EOS] = model.lm_head.weight[j] * 1.05
+        original = model.lm_head.weight.clone()
+        counts = torch.bincount(free[:, 1:].flatten(), minlength=original.shape[0])
+        for j in counts.argsort(descending=True).tolist()[:5]:
+            # a slightly larger copy of token j's row wins where j's logit is positive, a slightly
+            # smaller one where it is negative: try both, keep the first that makes some row stop
+            for factor in (1.05, 0.95):
+                model.lm_head.weight[_EOS] = original[j] * factor
+                ref = _generate.generate(model, ids, max_new_tokens=12, temperature=0, attention_mask=mask,
+                                         stop_tokens=_EOS)
+                if _rows_end_differently(ref):
+                    break
+            if _rows_end_differently(ref):
+                break
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {"state": state, "runs": [(ids, mask, 12), (ids[:1, 2:], mask[:1, 2:], 5)]}
 

@@ -47,6 +47,7 @@ from .honour import run_nbval  # noqa: F401 - the honour-system runner, importab
 from .kernel import DIED, TIMEOUT, Kernel, Outcome
 
 DEFAULT_TIMEOUT = 300
+MAX_RECORD_BYTES = 512 * 2**20     # a record larger than this is refused unread
 SKIP_TAG = "grade-skip"
 HEADER_RE = re.compile(r"^[ \t]*#\s*Exercise\s+(\d+\.\d+)\s*:", re.MULTILINE)
 
@@ -190,6 +191,10 @@ def find_answers(pristine, exercises: list[nbt.Exercise], learner) -> dict[str, 
 
 # ============================================================================ phase one: the kernel
 
+class KernelStartError(RuntimeError):
+    """No Jupyter kernel could be started (ipykernel missing or broken): exit code 2."""
+
+
 @dataclass
 class Step:
     index: int                         # position in the pristine notebook
@@ -248,7 +253,11 @@ class _Session:
         """A fresh kernel with a fresh seed, the replayed cells run; False if that failed."""
         self.seed = secrets.randbelow(2**31 - 1) + 1
         self.kernel = Kernel(self.folder, self._env(), self.timeout)
-        self.kernel.start()
+        try:
+            self.kernel.start()
+        except Exception as e:  # noqa: BLE001 - no kernel at all: the notebook cannot be graded
+            self.kernel = None
+            raise KernelStartError(f"could not start a Jupyter kernel: {type(e).__name__}: {e}") from e
         for source in self.replay:
             out = self.kernel.run(source)
             if not out.ok:
@@ -271,17 +280,24 @@ class _Session:
         for p in self._record_files(number, self.record_dir):
             p.unlink(missing_ok=True)
 
-    def _take(self, number: str) -> bool:
-        """Move the kernel's record of `number` out of its folder into the grader's; False if none."""
-        found = True
+    def _take(self, number: str) -> str | None:
+        """Move the kernel's record of `number` out of its folder into the grader's.
+
+        Returns None, or why there is no usable record.
+        """
+        problem = None
         for src, dst in zip(self._record_files(number, self.record_dir), self._record_files(number, self.kept)):
             dst.unlink(missing_ok=True)
-            if src.is_file() and not src.is_symlink():
-                dst.write_bytes(src.read_bytes())
+            if not src.is_file() or src.is_symlink():
+                problem = problem or ("❌ the check cell ran but recorded no answers (was the check replaced "
+                                      "or patched by your code?)")
+            elif src.stat().st_size > MAX_RECORD_BYTES:
+                problem = (f"❌ the recorded answers are larger than {MAX_RECORD_BYTES // 2**20} MiB "
+                           "(does your function return something far too big?)")
             else:
-                found = False
+                dst.write_bytes(src.read_bytes())
             src.unlink(missing_ok=True)
-        return found
+        return problem
 
     # -- results ---------------------------------------------------------------------
     def _finish(self, number: str, result: ExerciseResult) -> None:
@@ -325,21 +341,16 @@ class _Session:
     def run(self) -> None:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         broken = False
-        for k, step in enumerate(self.steps):
+        for step in self.steps:
             number = step.number
             if number is not None and number in self.results:
                 continue                               # its exercise already failed
             answer = self.answers.get(number) if number else None
             if answer is not None and answer.problem and step.role == "check":
                 continue
-            if broken:
-                if number is not None:
-                    self.results[number] = self._failed(
-                        number, "❌ not graded: the kernel could not be set up again after an earlier crash",
-                        NOT_GRADED)
-                continue
-            if self.kernel is None and not self._start():
+            if not broken and self.kernel is None and not self._start():
                 broken = True
+            if broken:
                 if number is not None:
                     self.results[number] = self._failed(
                         number, "❌ not graded: the kernel could not be set up again after an earlier crash",
@@ -367,17 +378,13 @@ class _Session:
                 continue
             # a check cell
             if not out.ok:
-                verdict, status = self._crash_words(out, "the check of your code")
+                verdict, status = self._crash_words(out, "the check cell (running your code)")
                 self._finish(number, self._failed(number, verdict, status))
                 continue
             last_check = self.exercises[number].check_indices[-1]
             if step.index == last_check:
-                if self._take(number):
-                    self._finish(number, self._judged(number))
-                else:
-                    self._finish(number, self._failed(
-                        number, "❌ the check cell ran but recorded no answers (was the check replaced "
-                                "or patched by your code?)", FAIL))
+                problem = self._take(number)
+                self._finish(number, self._failed(number, problem, FAIL) if problem else self._judged(number))
         self._stop()
 
     def close(self) -> None:
@@ -414,6 +421,8 @@ def load_checkers():
 
     Whatever a kernel later writes into plmkit's files on disk changes nothing here.
     """
+    import safetensors.torch  # noqa: F401 - the judge's reader, imported now rather than on first use
+
     from .. import checks
 
     checks.load_all()
@@ -443,6 +452,8 @@ def grade_one(path: str | Path, reference=None, timeout: int = DEFAULT_TIMEOUT, 
         session = _Session(plan(composite, exercises, answers), exercises, answers, timeout, folder, judge)
         try:
             session.run()
+        except KernelStartError as e:
+            return NotebookResult(str(path), chapter, error=str(e))
         finally:
             session.close()
     result = NotebookResult(str(path), chapter, notes=session.notes)

@@ -55,7 +55,9 @@ from torch import nn
 
 from ..nn import (DecoderBlock, FeedForward, GatedFeedForward, KVCache, LayerNorm, LearnedPositionalEmbedding,
                   RMSNorm, RotaryEmbedding, apply_rotary, build_attention_mask, sinusoidal_table)
+from ..nn.validation import check_token_ids, values_readable
 from . import hub
+from .gpt import _key_length
 from .outputs import ModelOutput
 
 __all__ = ["LlamaConfig", "Llama", "LLAMA_KEYS"]
@@ -327,8 +329,8 @@ class Llama(nn.Module):
         x = self.wte(input_ids)                                                    # (B, T, C)
         if self.config.positions == "learned":
             x = x + F.embedding(position_ids, self.wpe.weight)
-        elif self.config.positions == "sinusoidal":
-            x = x + F.embedding(position_ids, self.sinusoid)
+        elif self.config.positions == "sinusoidal":      # as in chapter 2 (Vaswani et al.): embeddings scaled
+            x = x * self.config.hidden_size ** 0.5 + F.embedding(position_ids, self.sinusoid)   # up to the table's
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -341,14 +343,14 @@ class Llama(nn.Module):
         dev, c = input_ids.device, self.config
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one cache per block ({len(self.blocks)}), got {len(caches)}")
-        past = len(caches[0]) if caches else 0
-        key_length = (getattr(caches[0], "max_length", None) or past + T) if caches else T
         if cache_position is None:
+            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
             cache_position = torch.arange(past, past + T, device=dev)              # (T,)
         elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
                 or cache_position.is_floating_point():
             raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
                              f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
+        key_length = _key_length(caches[0], T) if caches else T                     # K, as in GPT
         if position_ids is None:
             position_ids = cache_position
         elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
@@ -362,19 +364,17 @@ class Llama(nn.Module):
             raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
                              f"per key position, cached and new, 1 = real token; got "
                              f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
-        if dev.type == "cpu" and not torch.compiler.is_compiling() and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= c.vocab_size:
-                raise ValueError(f"token ids must be in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}]")
-            table = c.max_position_embeddings if c.positions in ("learned", "sinusoidal") else None
-            lo, hi = int(position_ids.min()), int(position_ids.max())
-            if lo < 0 or (table is not None and hi >= table):
-                raise ValueError(f"position_ids must be in [0, {table or 'inf'}) for positions={c.positions!r}, "
-                                 f"got values in [{lo}, {hi}]")
+        # host-side value checks only where free (CPU, not compiling), as in GPT; RoPE has no table to outrun
+        check_token_ids(input_ids, c.vocab_size)
+        if c.positions in ("learned", "sinusoidal"):
+            check_token_ids(position_ids, c.max_position_embeddings, "position_ids", "max_position_embeddings")
+        elif values_readable(position_ids) and position_ids.numel() and int(position_ids.min()) < 0:
+            raise ValueError(f"position_ids must be >= 0, got {int(position_ids.min())}")
 
-        mask, is_causal = None, True    # no padding, no cache: the fused causal kernel (training's path)
+        mask = None                     # no padding, no cache: the fused causal kernel (training's path)
         if attention_mask is not None or caches is not None:
-            mask, is_causal = build_attention_mask(attention_mask, cache_position, key_length), False
+            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
+            mask = build_attention_mask(attention_mask, query_position, key_length)    # (B|1, 1, T, K)
         rotary = None
         if self.rotary is not None:
             cos, sin = self.rotary(position_ids, dtype=self.wte.weight.dtype)      # (B|1, T, D) each
@@ -385,9 +385,10 @@ class Llama(nn.Module):
         x = self.drop(self._embed(input_ids, position_ids))                        # (B, T, C)
         hidden = [x]
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, cache=caches[i] if caches is not None else None, is_causal=is_causal,
-                      cache_position=cache_position, rotary=rotary)
-            hidden.append(x)
+            x = block(x, mask=mask, cache=caches[i] if caches is not None else None, is_causal=mask is None,
+                      cache_position=cache_position if caches is not None else None, rotary=rotary)
+            if output_hidden_states:
+                hidden.append(x)
         x = self.ln_f(x)
         logits = self.lm_head(x)                                                   # (B, T, V)
         if not output_hidden_states:

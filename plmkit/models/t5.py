@@ -81,7 +81,7 @@ from . import hub
 from .outputs import ModelOutput
 
 __all__ = ["T5Config", "T5Model", "T5ForConditionalGeneration", "shift_right", "seq2seq_loss", "Seq2SeqState",
-           "t5_keymap"]
+           "t5_keymap", "init_t5_weights", "T5Stack"]
 
 IGNORE_INDEX = -100
 
@@ -213,9 +213,11 @@ class T5Stack(nn.Module):
     """The blocks of one side (encoder or decoder), their shared relative bias and the final norm.
 
     The token embedding lives in the model (both stacks share it); a stack gets embeddings.
+    ``cross_attention=False`` makes a decoder stack without cross-attention (a decoder-only
+    model built from T5's blocks, for comparisons); its caches are (self, None) pairs.
     """
 
-    def __init__(self, config: T5Config, is_decoder: bool):
+    def __init__(self, config: T5Config, is_decoder: bool, cross_attention: bool = True):
         super().__init__()
         c = config
         self.is_decoder = is_decoder
@@ -228,6 +230,8 @@ class T5Stack(nn.Module):
                 return FeedForward(d_model, d_ff, activation=c.activation, dropout=c.dropout_rate, bias=False)
         options = dict(dropout=c.dropout_rate, norm_first=True, eps=c.layer_norm_epsilon, bias=False,
                        norm=_rms_norm, ffn=ffn, head_dim=c.d_kv, scale=1.0)
+        if is_decoder:
+            options["cross_attention"] = cross_attention    # False: T5 blocks as a decoder-only model
         Block = DecoderBlock if is_decoder else EncoderBlock
         self.blocks = nn.ModuleList(Block(c.d_model, c.num_heads, c.d_ff, **options) for _ in range(n_layers))
         # One table for the whole stack (Hugging Face keeps it in block 0's self-attention).
@@ -283,6 +287,31 @@ class T5Stack(nn.Module):
 
 # ----------------------------------------------------------------------------- the models
 
+def init_t5_weights(model: nn.Module, c: T5Config, shared: nn.Embedding, stacks) -> None:
+    """Hugging Face's T5 initialisation (factor f = initializer_factor), which replaces the 1/sqrt(d):
+    embedding N(0, f²); q N(0, f²/(C·d_kv)); k, v N(0, f²/C); o N(0, f²/(H·d_kv)); feed-forward
+    in N(0, f²/C), out N(0, f²/d_ff); relative bias N(0, f²/C); norms 1."""
+    f = c.initializer_factor
+    nn.init.normal_(shared.weight, 0.0, f * 1.0)
+    for stack in stacks:
+        nn.init.normal_(stack.relative_bias.weight, 0.0, f * c.d_model ** -0.5)
+        for block in stack.blocks:
+            attns = [block.attn] + ([block.cross_attn] if getattr(block, "has_cross", False) else [])
+            for attn in attns:
+                nn.init.normal_(attn.q_proj.weight, 0.0, f * (c.d_model * c.d_kv) ** -0.5)
+                nn.init.normal_(attn.k_proj.weight, 0.0, f * c.d_model ** -0.5)
+                nn.init.normal_(attn.v_proj.weight, 0.0, f * c.d_model ** -0.5)
+                nn.init.normal_(attn.out_proj.weight, 0.0, f * (c.num_heads * c.d_kv) ** -0.5)
+            ins = [block.ffn.gate_proj, block.ffn.up_proj] if c.is_gated else [block.ffn.fc1]
+            out = block.ffn.down_proj if c.is_gated else block.ffn.fc2
+            for lin in ins:
+                nn.init.normal_(lin.weight, 0.0, f * c.d_model ** -0.5)
+            nn.init.normal_(out.weight, 0.0, f * c.d_ff ** -0.5)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
 class T5Model(nn.Module):
     """Encoder + decoder without the LM head: returns the decoder's last hidden state (B, T, C).
 
@@ -301,28 +330,8 @@ class T5Model(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Hugging Face's T5 initialisation (factor f = initializer_factor), which replaces the 1/sqrt(d):
-        embedding N(0, f²); q N(0, f²/(C·d_kv)); k, v N(0, f²/C); o N(0, f²/(H·d_kv)); feed-forward
-        in N(0, f²/C), out N(0, f²/d_ff); relative bias N(0, f²/C); norms 1."""
-        c, f = self.config, self.config.initializer_factor
-        nn.init.normal_(self.shared.weight, 0.0, f * 1.0)
-        for stack in (self.encoder, self.decoder):
-            nn.init.normal_(stack.relative_bias.weight, 0.0, f * c.d_model ** -0.5)
-            for block in stack.blocks:
-                attns = [block.attn] + ([block.cross_attn] if getattr(block, "has_cross", False) else [])
-                for attn in attns:
-                    nn.init.normal_(attn.q_proj.weight, 0.0, f * (c.d_model * c.d_kv) ** -0.5)
-                    nn.init.normal_(attn.k_proj.weight, 0.0, f * c.d_model ** -0.5)
-                    nn.init.normal_(attn.v_proj.weight, 0.0, f * c.d_model ** -0.5)
-                    nn.init.normal_(attn.out_proj.weight, 0.0, f * (c.num_heads * c.d_kv) ** -0.5)
-                ins = [block.ffn.gate_proj, block.ffn.up_proj] if c.is_gated else [block.ffn.fc1]
-                out = block.ffn.down_proj if c.is_gated else block.ffn.fc2
-                for lin in ins:
-                    nn.init.normal_(lin.weight, 0.0, f * c.d_model ** -0.5)
-                nn.init.normal_(out.weight, 0.0, f * c.d_ff ** -0.5)
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        """Hugging Face's T5 initialisation (see :func:`init_t5_weights`)."""
+        init_t5_weights(self, self.config, self.shared, (self.encoder, self.decoder))
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                output_hidden_states: bool = False):

@@ -463,6 +463,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
         self.need_weights = False
         self.last_weights: torch.Tensor | None = None
+        self.qkv_weight: torch.Tensor | None = None      # set by plmkit.inference.fuse_qkv_ (inference only)
+        self.qkv_bias: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, return_weights: bool = False,
@@ -476,7 +478,14 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("rotary applies to self-attention only; got it together with context / a cross cache")
         if isinstance(cache, StaticKVCache) and cache_position is None:
             raise ValueError("cache_position (T_q,) is required with a StaticKVCache: it says which slots to write")
-        q = split_heads(self.q_proj(x), self.n_heads)            # (B, H, T_q, D)
+        fused = getattr(self, "qkv_weight", None) is not None and context is None \
+            and not isinstance(cache, CrossAttentionCache)
+        if fused:                                                # one matmul for q, k, v (plmkit.inference.fuse_qkv_)
+            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).split(
+                [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], -1)
+            q = split_heads(q, self.n_heads)                     # (B, H, T_q, D)
+        else:
+            q = split_heads(self.q_proj(x), self.n_heads)        # (B, H, T_q, D)
         if isinstance(cache, CrossAttentionCache) and cache.is_set:
             k, v = cache.k, cache.v                              # projected on the first step: reuse
         else:
@@ -486,8 +495,11 @@ class MultiHeadAttention(nn.Module):
             if src.ndim != 3 or src.shape[0] != x.shape[0] or src.shape[-1] != self.d_model:
                 raise ValueError(f"context must have shape (B, T_k, C) = ({x.shape[0]}, T_k, {self.d_model}), "
                                  f"got {tuple(src.shape)}")
-            k = split_heads(self.k_proj(src), self.n_kv_heads)   # (B, H_kv, T_k, D)
-            v = split_heads(self.v_proj(src), self.n_kv_heads)   # (B, H_kv, T_k, D)
+            if fused:
+                k, v = split_heads(k, self.n_kv_heads), split_heads(v, self.n_kv_heads)
+            else:
+                k = split_heads(self.k_proj(src), self.n_kv_heads)   # (B, H_kv, T_k, D)
+                v = split_heads(self.v_proj(src), self.n_kv_heads)   # (B, H_kv, T_k, D)
             if rotary is not None:
                 q, k = rotary(q, k)                              # positions enter q and k before caching
             if isinstance(cache, CrossAttentionCache):

@@ -1,0 +1,117 @@
+"""Chapter 8's controlled experiment over several seeds: the reward–KL frontier and reward hacking.
+
+For each seed, from one SFT starting policy on the toy task of :mod:`plmkit.align.toy`
+(known true reward r*):
+
+1. preference pairs labelled by a Bradley–Terry annotator on r*; a reward model trained
+   on them (held-out accuracy vs. the annotator's noise ceiling);
+2. best-of-N against the reward model (N = 1 .. 32; KL = log N - (N-1)/N);
+3. PPO against the reward model at several KL coefficients;
+4. DPO on the same pairs at several beta;
+5. reward hacking: pairs where the longer answer wins 80% of the time, a reward model
+   trained on them, and PPO without a KL penalty against it.
+
+Each run reports the true reward and the KL to the starting policy of fresh samples.
+One labelled JSON file (command, UTC date, device, torch, git commit, seeds, settings)
+is what ``solutions/08_alignment.ipynb`` loads:
+
+    python experiments/alignment_frontier.py --out experiments/results/alignment_frontier.json
+    python experiments/alignment_frontier.py --smoke --out /tmp/smoke.json          # seconds, for CI
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from plmkit.align import ppo, toy  # noqa: E402
+
+FULL = dict(seeds=[0, 1, 2], sft_steps=150, n_pairs=2000, rm_epochs=3, ppo_updates=40, batch_size=64,
+            kl_coefs=[0.3, 0.1, 0.03], betas=[0.03, 0.1, 0.3, 1.0], best_of=[1, 2, 4, 8, 16, 32],
+            eval_n=512, length_bias=0.8)
+SMOKE = dict(seeds=[0], sft_steps=5, n_pairs=64, rm_epochs=1, ppo_updates=2, batch_size=16,
+             kl_coefs=[0.1], betas=[0.1], best_of=[1, 2], eval_n=32, length_bias=0.8)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def ppo_run(sft, score_fn, kl_coef, s, seed):
+    """PPO from the SFT policy against score_fn; a curve of (update, score, KL, true reward) and a final evaluation."""
+    torch.manual_seed(seed)
+    policy, ref = ppo.PolicyWithValue(copy.deepcopy(sft)), copy.deepcopy(sft)
+    config = ppo.PPOConfig(kl_coef=kl_coef, max_new_tokens=toy.MAX_NEW, stop_token=toy.EOS, pad_token_id=toy.PAD)
+    history = ppo.train_ppo(policy, ref, toy.prompts, score_fn, config, updates=s["ppo_updates"],
+                            batch_size=s["batch_size"], log_every=10, seed=seed,
+                            eval_fn=lambda resp, mask: {"true_reward": float(toy.true_reward(resp, mask).mean())})
+    return policy.lm, history
+
+
+def one_seed(seed: int, s: dict) -> dict:
+    t0 = time.time()
+    sft = toy.train_sft(steps=s["sft_steps"], seed=seed)
+    base = toy.evaluate(sft, sft, n=s["eval_n"])
+    pairs = toy.preference_pairs(sft, s["n_pairs"], seed=1000 + seed)
+    held = toy.preference_pairs(sft, max(32, s["n_pairs"] // 4), seed=2000 + seed)
+    rm, rm_stats = toy.train_reward_model(sft, pairs, held, epochs=s["rm_epochs"], seed=seed)
+    score = toy.reward_fn(rm)
+    runs = [{"method": "SFT", "param": None, **base}]
+    for N in s["best_of"]:
+        runs.append({"method": "best-of-N", "param": N, **toy.best_of_n(sft, score, N, n=max(16, s["eval_n"] // 2))})
+    curves = {}
+    for c in s["kl_coefs"] + [0.0]:
+        lm, hist = ppo_run(sft, score, c, s, seed)
+        runs.append({"method": "PPO", "param": c, **toy.evaluate(lm, sft, n=s["eval_n"])})
+        curves[f"PPO kl_coef={c}"] = hist
+    for beta in s["betas"]:
+        lm = toy.train_dpo(sft, pairs, beta=beta, seed=seed)
+        runs.append({"method": "DPO", "param": beta, **toy.evaluate(lm, sft, n=s["eval_n"])})
+    # reward hacking: a spurious length feature in the labels
+    biased = toy.preference_pairs(sft, s["n_pairs"], length_bias=s["length_bias"], seed=3000 + seed)
+    rm_b, rm_b_stats = toy.train_reward_model(sft, biased, held, epochs=s["rm_epochs"], seed=seed)
+    lm, hist = ppo_run(sft, toy.reward_fn(rm_b), 0.0, s, seed)
+    hack = {"reward_model": rm_b_stats, "longer_chosen": biased["longer_chosen"], "curve": hist,
+            "final": toy.evaluate(lm, sft, n=s["eval_n"])}
+    return {"seed": seed, "seconds": round(time.time() - t0, 1), "noise_ceiling": held["noise_ceiling"],
+            "reward_model": rm_stats, "runs": runs, "ppo_curves": curves, "hacking": hack}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true", help="tiny settings, seconds (CI)")
+    p.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+    args = p.parse_args(argv)
+    s = dict(SMOKE if args.smoke else FULL)
+    if args.seeds:
+        s["seeds"] = args.seeds
+    torch.set_num_threads(1)
+    label = dict(command=" ".join(["python", "experiments/alignment_frontier.py", *(argv if argv is not None
+                                                                                     else sys.argv[1:])]),
+                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 device=f"cpu ({platform.processor() or platform.machine()}), 1 thread", torch=torch.__version__,
+                 git_commit=git_commit(), seeds=s["seeds"], settings=s)
+    result = {"label": label, "seeds": [one_seed(seed, s) for seed in s["seeds"]]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

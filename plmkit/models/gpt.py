@@ -38,8 +38,7 @@ Letters in the shape comments: B batch, T time, C width (n_embd), V vocabulary, 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +46,8 @@ from torch import nn
 
 from . import hub
 from .common import init_weights_
-from ..nn import DecoderBlock, KVCache, LayerNorm, LearnedPositionalEmbedding, StaticKVCache, build_attention_mask
-from ..nn.validation import check_token_ids
-from .outputs import ModelOutput
+from ..nn import DecoderBlock, LayerNorm, LearnedPositionalEmbedding
+from .decoder import DecoderLM
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -131,30 +129,17 @@ class GPTConfig:
                    bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
 
 
-class GPT(nn.Module):
+class GPT(DecoderLM):
     """GPT-2 language model: ``GPT(config)(input_ids)`` -> logits (B, T, V).
 
-    ``forward(input_ids, attention_mask=None, position_ids=None, *, caches=None,
-    cache_position=None, output_hidden_states=False)``
-
-    * `input_ids` (B, T) LongTensor: the new tokens (all of them without a cache).
-    * `attention_mask` (B, K), 1 = real token, 0 = padding, over every key
-      position: the cached ones and the new ones (K = past + T for growing caches,
-      the buffer length for static ones). Padding goes on the LEFT for decoding.
-    * `position_ids` (B, T) or (T,): which position embedding each token gets;
-      default `cache_position`. With left padding pass
-      ``(attention_mask.cumsum(-1) - 1).clamp(min=0)`` (Hugging Face's rule).
-    * `caches` from :meth:`new_caches`: keys/values kept from earlier calls, so
-      that each call feeds only the new tokens; `cache_position` (T,) says which
-      slots the new tokens occupy (default: right after what the caches hold).
-    * ``output_hidden_states=True`` returns a :class:`~plmkit.models.outputs.ModelOutput`
-      with ``.logits`` and ``.hidden_states`` (n_layer + 1 tensors, embeddings first).
-
-    The (B, 1, T, K) boolean attention mask (query q sees key k iff
-    ``attention_mask[b, k]`` and ``k <= cache_position[q]``) is built once per
-    call and shared by every block. Without `attention_mask` and caches no mask
-    is built and the blocks use the fused causal kernel (training's path).
+    The forward pass, caches and checkpoint loading are the decoder skeleton of
+    :class:`plmkit.models.decoder.DecoderLM` (see there for every argument of
+    ``forward``); GPT-2 contributes a learned position vector added to each token
+    embedding, LayerNorm and a GELU MLP in its Pre-LN blocks, and a head tied to
+    the token embedding.
     """
+
+    config_class = GPTConfig
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -194,104 +179,24 @@ class GPT(nn.Module):
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
 
-    def new_caches(self, batch_size: int | None = None, max_length: int | None = None, static: bool = False,
-                   dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> list:
-        """One empty key/value cache per block, for step-by-step decoding.
+    # -- what the decoder skeleton asks of a model ---------------------------------
+    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)        # (B, T, C)
 
-        Growing caches (the default) append each call's keys/values; the other
-        arguments are not needed. ``static=True`` pre-allocates (batch_size,
-        n_head, max_length, head_dim) buffers written in place at `cache_position`
-        (fixed shapes: CUDA graphs, torch.compile); dtype and device default to the model's.
-        """
-        if not static:
-            return [KVCache() for _ in self.blocks]
-        for name, value, hi in (("batch_size", batch_size, None), ("max_length", max_length, self.config.n_positions)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (hi and value > hi):
-                raise ValueError(f"{name} must be an int in [1, {hi or 'inf'}] for a static cache, got {value!r}")
-        ref = self.wte.weight
-        c = self.config
-        return [StaticKVCache(batch_size, c.n_head, max_length, c.n_embd // c.n_head,
-                              dtype=dtype or ref.dtype, device=device or ref.device) for _ in self.blocks]
+    def _kv_shape(self) -> tuple[int, int]:
+        return self.config.n_head, self.config.n_embd // self.config.n_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, *, caches: list | None = None,
-                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False):
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
-                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-        B, T = input_ids.shape
-        dev = input_ids.device
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}), got {len(caches)}")
-        if cache_position is None:
-            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
-            if past + T > self.config.n_positions:
-                raise ValueError(f"sequence of {past + T} tokens is longer than the model's "
-                                 f"n_positions={self.config.n_positions}")
-            cache_position = torch.arange(past, past + T, device=dev)                 # (T,)
-        elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
-                or cache_position.is_floating_point():
-            raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
-                             f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
-        key_length = _key_length(caches[0], T) if caches else T                     # K
-        if position_ids is None:
-            position_ids = cache_position
-        elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
-                or position_ids.shape not in ((B, T), (1, T), (T,)):
-            raise ValueError(f"position_ids must be an integer tensor of shape (B, T) = ({B}, {T}) or (T,), got "
-                             f"{getattr(position_ids, 'shape', type(position_ids).__name__)}")
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                           or attention_mask.shape != (B, key_length)):
-            raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
-                             f"per key position, cached and new, 1 = real token; got "
-                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
-        # Value checks read the tensors on the host only where that is free (CPU, outside
-        # torch.compile); on a GPU an out-of-range id or position fails inside the embedding kernel.
-        check_token_ids(input_ids, self.config.vocab_size)
-        check_token_ids(position_ids, self.config.n_positions, "position_ids", "n_positions")
+    def _position_limit(self) -> tuple[int, str]:
+        return self.config.n_positions, "n_positions"
 
-        mask = None                     # no padding, no cache: the blocks' fused causal path
-        if attention_mask is not None or caches is not None:
-            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
-            mask = build_attention_mask(attention_mask, query_position, key_length)     # (B|1, 1, T, K)
-        x = self.wte(input_ids) + F.embedding(position_ids, self.wpe.weight)           # (B, T, C)
-        x = self.drop(x)
-        hidden = [x]                    # kept only when asked for (they would hold memory)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, cache=caches[i] if caches is not None else None,
-                      is_causal=mask is None, cache_position=cache_position if caches is not None else None)
-            if output_hidden_states:
-                hidden.append(x)
-        x = self.ln_f(x)
-        logits = self.lm_head(x)                                                       # (B, T, V)
-        if not output_hidden_states:
-            return logits
-        hidden[-1] = x                  # Hugging Face's convention: the last one after the final norm
-        return ModelOutput(logits=logits, hidden_states=hidden)
-
-    # -- Hugging Face checkpoints --------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors in Hugging Face's GPT-2 format."""
-        hub.write_folder(directory, self.config.to_hf_dict(), hub.hf_state_dict(self, _keymap(self.config)))
+    @staticmethod
+    def _keymap(config: GPTConfig) -> hub.KeyMap:
+        return _keymap(config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "GPT":
-        """Load a GPT-2 checkpoint folder (config.json + model.safetensors), ours or Hugging Face's."""
-        config_dict, state = hub.read_folder(directory, device=map_location)
-        config = GPTConfig.from_hf_dict(config_dict)
-        model = cls(config)
+    def _hf_state(cls, state: dict) -> dict:
         # Original OpenAI checkpoints have no "transformer." prefix.
-        state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
-        hub.load_hf_state(model, state, _keymap(config))
-        return model.to(map_location)
-
-
-# ----------------------------------------------------------------------------- masks
-
-def _key_length(cache, T: int) -> int:
-    """Keys attention sees with this cache and T new tokens: a static cache's whole buffer,
-    a growing one's stored positions plus the new ones (both known on the host)."""
-    return cache.max_length if isinstance(cache, StaticKVCache) else len(cache) + T
+        return {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
 
 
 # ----------------------------------------------------------------------------- key mapping

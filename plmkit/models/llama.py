@@ -46,19 +46,16 @@ Letters: B batch, T time, C width (hidden_size), H heads, D head width, V vocabu
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import (DecoderBlock, FeedForward, GatedFeedForward, KVCache, LayerNorm, LearnedPositionalEmbedding,
-                  RMSNorm, RotaryEmbedding, apply_rotary, build_attention_mask, sinusoidal_table)
-from ..nn.validation import check_token_ids, values_readable
+from ..nn import (DecoderBlock, FeedForward, GatedFeedForward, LayerNorm, LearnedPositionalEmbedding, RMSNorm,
+                  RotaryEmbedding, apply_rotary, sinusoidal_table)
 from . import hub
-from .gpt import _key_length
-from .outputs import ModelOutput
+from .decoder import DecoderLM
 
 __all__ = ["LlamaConfig", "Llama", "LLAMA_KEYS"]
 
@@ -252,7 +249,7 @@ def _keymap(config: LlamaConfig) -> "hub.KeyMap":
                       ignore=["lm_head.weight"] if config.tie_word_embeddings else [])
 
 
-class Llama(nn.Module):
+class Llama(DecoderLM):
     """LLaMA causal language model: ``Llama(config)(input_ids)`` -> logits (B, T, V).
 
     ``forward(input_ids, attention_mask=None, position_ids=None, *, caches=None,
@@ -262,6 +259,9 @@ class Llama(nn.Module):
     they are not limited to ``max_position_embeddings`` (what happens past it is
     the chapter's length-extrapolation experiment).
     """
+
+    config_class = LlamaConfig
+    _unexpected = "error"
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -310,20 +310,6 @@ class Llama(nn.Module):
         """Parameters counted once (a tied head is the token embedding); equals config.num_parameters()."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_caches(self, batch_size: int | None = None, max_length: int | None = None, static: bool = False,
-                   dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> list:
-        """One empty key/value cache per block; ``static=True`` pre-allocates (B, H_kv, max_length, D) buffers."""
-        if not static:
-            return [KVCache() for _ in self.blocks]
-        from ..nn import StaticKVCache
-
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int for a static cache, got {value!r}")
-        ref, c = self.wte.weight, self.config
-        return [StaticKVCache(batch_size, c.num_key_value_heads, max_length, c.head_dim,
-                              dtype=dtype or ref.dtype, device=device or ref.device) for _ in self.blocks]
-
     def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Token embedding plus, for GPT-style models, an absolute position vector; RoPE adds nothing here."""
         x = self.wte(input_ids)                                                    # (B, T, C)
@@ -333,79 +319,25 @@ class Llama(nn.Module):
             x = x * self.config.hidden_size ** 0.5 + F.embedding(position_ids, self.sinusoid)   # up to the table's
         return x
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, *, caches: list | None = None,
-                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False):
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-            raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
-                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-        B, T = input_ids.shape
-        dev, c = input_ids.device, self.config
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one cache per block ({len(self.blocks)}), got {len(caches)}")
-        if cache_position is None:
-            past = len(caches[0]) if caches else 0         # (a static cache's length syncs: pass cache_position)
-            cache_position = torch.arange(past, past + T, device=dev)              # (T,)
-        elif not isinstance(cache_position, torch.Tensor) or cache_position.shape != (T,) \
-                or cache_position.is_floating_point():
-            raise ValueError(f"cache_position must be an integer tensor of shape (T,) = ({T},), got "
-                             f"{getattr(cache_position, 'shape', type(cache_position).__name__)}")
-        key_length = _key_length(caches[0], T) if caches else T                     # K, as in GPT
-        if position_ids is None:
-            position_ids = cache_position
-        elif not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point() \
-                or position_ids.shape not in ((B, T), (1, T), (T,)):
-            raise ValueError(f"position_ids must be an integer tensor of shape (B, T) = ({B}, {T}) or (T,), got "
-                             f"{getattr(position_ids, 'shape', type(position_ids).__name__)}")
-        if position_ids.ndim == 1:
-            position_ids = position_ids[None]                                      # (1, T)
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                           or attention_mask.shape != (B, key_length)):
-            raise ValueError(f"attention_mask must be a tensor of shape (B, K) = ({B}, {key_length}): one entry "
-                             f"per key position, cached and new, 1 = real token; got "
-                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
-        # host-side value checks only where free (CPU, not compiling), as in GPT; RoPE has no table to outrun
-        check_token_ids(input_ids, c.vocab_size)
-        if c.positions in ("learned", "sinusoidal"):
-            check_token_ids(position_ids, c.max_position_embeddings, "position_ids", "max_position_embeddings")
-        elif values_readable(position_ids) and position_ids.numel() and int(position_ids.min()) < 0:
-            raise ValueError(f"position_ids must be >= 0, got {int(position_ids.min())}")
+    def _rotary(self, position_ids: torch.Tensor):
+        """RoPE: rotate q and k by angles of their positions, inside every attention layer."""
+        if self.rotary is None:
+            return None
+        cos, sin = self.rotary(position_ids, dtype=self.wte.weight.dtype)          # (B|1, T, D) each
 
-        mask = None                     # no padding, no cache: the fused causal kernel (training's path)
-        if attention_mask is not None or caches is not None:
-            query_position = cache_position if caches is not None else torch.arange(T, device=dev)
-            mask = build_attention_mask(attention_mask, query_position, key_length)    # (B|1, 1, T, K)
-        rotary = None
-        if self.rotary is not None:
-            cos, sin = self.rotary(position_ids, dtype=self.wte.weight.dtype)      # (B|1, T, D) each
+        def rotary(q, k):
+            return apply_rotary(q, k, cos, sin)
+        return rotary
 
-            def rotary(q, k):
-                return apply_rotary(q, k, cos, sin)
+    def _kv_shape(self) -> tuple[int, int]:
+        return self.config.num_key_value_heads, self.config.head_dim
 
-        x = self.drop(self._embed(input_ids, position_ids))                        # (B, T, C)
-        hidden = [x]
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, cache=caches[i] if caches is not None else None, is_causal=mask is None,
-                      cache_position=cache_position if caches is not None else None, rotary=rotary)
-            if output_hidden_states:
-                hidden.append(x)
-        x = self.ln_f(x)
-        logits = self.lm_head(x)                                                   # (B, T, V)
-        if not output_hidden_states:
-            return logits
-        hidden[-1] = x                  # Hugging Face's convention: the last one after the final norm
-        return ModelOutput(logits=logits, hidden_states=hidden)
+    def _position_limit(self) -> tuple[int, str] | None:
+        """A table of positions bounds them; RoPE has none to outrun (the length-extrapolation experiment)."""
+        if self.config.positions in ("learned", "sinusoidal"):
+            return self.config.max_position_embeddings, "max_position_embeddings"
+        return None
 
-    # -- Hugging Face checkpoints --------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors in Hugging Face's Llama format."""
-        hub.write_folder(directory, self.config.to_hf_dict(), hub.hf_state_dict(self, _keymap(self.config)))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Llama":
-        """Load a Llama checkpoint folder (config.json + model.safetensors), ours or Hugging Face's."""
-        config_dict, state = hub.read_folder(directory, device=map_location)
-        config = LlamaConfig.from_hf_dict(config_dict)
-        model = cls(config)
-        hub.load_hf_state(model, state, _keymap(config), unexpected="error")
-        return model.to(map_location)
+    @staticmethod
+    def _keymap(config: LlamaConfig) -> "hub.KeyMap":
+        return _keymap(config)

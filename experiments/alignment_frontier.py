@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plmkit import experiment  # noqa: E402
 from plmkit.align import ppo, toy  # noqa: E402
 
 FULL = dict(seeds=[0, 1, 2], sft_steps=150, n_pairs=2000, rm_epochs=3, ppo_updates=40, batch_size=64,
@@ -42,14 +40,6 @@ FULL = dict(seeds=[0, 1, 2], sft_steps=150, n_pairs=2000, rm_epochs=3, ppo_updat
             eval_n=512, length_bias=0.8)
 SMOKE = dict(seeds=[0], sft_steps=5, n_pairs=64, rm_epochs=1, ppo_updates=2, batch_size=16,
              kl_coefs=[0.1], betas=[0.1], best_of=[1, 2], eval_n=32, length_bias=0.8)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def ppo_run(sft, score_fn, kl_coef, s, seed):
@@ -102,11 +92,8 @@ def main(argv=None) -> dict:
     if args.seeds:
         s["seeds"] = args.seeds
     torch.set_num_threads(1)
-    label = dict(command=" ".join(["python", "experiments/alignment_frontier.py", *(argv if argv is not None
-                                                                                     else sys.argv[1:])]),
-                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 device=f"cpu ({platform.processor() or platform.machine()}), 1 thread", torch=torch.__version__,
-                 git_commit=git_commit(), seeds=s["seeds"], settings=s)
+    label = dict(experiment.label("experiments/alignment_frontier.py", argv if argv is not None else sys.argv[1:],
+                                  "cpu", s["seeds"]), settings=s)
     result = {"label": label, "seeds": [one_seed(seed, s) for seed in s["seeds"]]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

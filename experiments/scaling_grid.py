@@ -15,11 +15,8 @@ Labels: the command line, UTC date, device, torch version, git commit, seeds and
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plmkit import experiment  # noqa: E402
 from plmkit.scaling import run_grid  # noqa: E402
 
 FULL = dict(widths=[16, 32, 48, 64, 96, 128, 160], budgets=[131_072, 262_144, 524_288, 1_048_576], seeds=[0, 1])
@@ -51,14 +49,6 @@ def load_data(text_path: str | None):
         train_text = "\n\n".join(t for title, t in works.items() if title != "Hamlet")
     tok = CharTokenizer.train(train_text + held_out)
     return torch.tensor(tok.encode(train_text)), torch.tensor(tok.encode(held_out)), tok.vocab_size
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> dict:
@@ -87,10 +77,7 @@ def main(argv=None) -> dict:
                       batch_size=args.batch, block_size=args.block, lr=args.lr, device=args.device,
                       eval_tokens=20_000, **grid)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    label = dict(command=" ".join(["python", "experiments/scaling_grid.py", *(argv or sys.argv[1:])]),
-                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 device=torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
-                 torch=torch.__version__, git_commit=git_commit(), seeds=grid["seeds"],
+    label = dict(experiment.label("experiments/scaling_grid.py", argv or sys.argv[1:], device, grid["seeds"]),
                  settings=dict(widths=grid["widths"], budgets=grid["budgets"], n_layers=args.layers,
                                batch_size=args.batch, block_size=args.block, lr=args.lr,
                                predict_factor=args.predict_factor, vocab_size=vocab,

@@ -13,10 +13,7 @@ results) that the notebook loads and plots.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,26 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plmkit import experiment  # noqa: E402
 from plmkit.text2text import OBJECTIVES, run_objective, word_list  # noqa: E402
 
 # Sized for a 2-core CPU (about 5 minutes on one thread); on a GPU raise d_model and the steps.
 FULL = dict(seeds=[0, 1, 2], d_model=64, n_layers=2, pretrain_steps=400, finetune_steps=400, batch_size=32,
             n_eval=150)
 SMOKE = dict(seeds=[0], d_model=16, n_layers=1, pretrain_steps=3, finetune_steps=2, batch_size=4, n_eval=6)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def summarise(results: list[dict]) -> dict:
@@ -89,10 +73,9 @@ def main(argv=None) -> dict:
                                          **{k: v for k, v in settings.items() if k != "seeds"}))
     record = {
         "what": "chapter 5 objective study: pre-train at equal FLOPs, fine-tune on reverse/sort/fill, held-out metrics",
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(args.device), "git_commit": git_commit(), "torch": torch.__version__,
-        "seeds": settings["seeds"], "settings": settings, "smoke": args.smoke,
+        **experiment.label("experiments/t5_objectives.py", argv if argv is not None else sys.argv[1:],
+                           args.device, settings["seeds"]),
+        "settings": settings, "smoke": args.smoke,
         "summary": summarise(results), "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,14 @@ def activation_fn(name: str):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
+def _check_sizes(d_model: int, d_ff: int, dropout: float) -> None:
+    for name, val in (("d_model", d_model), ("d_ff", d_ff)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class FeedForward(nn.Module):
     """fc2(dropout(act(fc1(x)))) on x (B, T, C) -> (B, T, C).
 
@@ -69,11 +77,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        for name, val in (("d_model", d_model), ("d_ff", d_ff)):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_sizes(d_model, d_ff, dropout)
         self.activation = activation
         self.act = activation_fn(activation)
         self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
@@ -94,11 +98,7 @@ class GatedFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        for name, val in (("d_model", d_model), ("d_ff", d_ff)):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_sizes(d_model, d_ff, dropout)
         self.activation = activation
         self.act = activation_fn(activation)
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)

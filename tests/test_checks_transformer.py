@@ -58,10 +58,22 @@ def layer_norm(x, weight, bias, eps=1e-5):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def forward(self, x, context=None, mask=None):
+        kv = x if context is None else context
+        q, k, v = (split_heads(p(t), self.n_heads) for p, t in ((self.q_proj, x), (self.k_proj, kv), (self.v_proj, kv)))
+        return self.out_proj(merge_heads(attention(q, k, v, mask)[0]))
+
+
 class PreLNBlock(nn.Module):
     def __init__(self, d_model, n_heads, d_ff):
         super().__init__()
-        self.attn = pn.MultiHeadAttention(d_model, n_heads)
+        self.attn = MultiHeadAttention(d_model, n_heads)         # the learner's own (Exercise 2.7)
         self.norm1 = pn.LayerNorm(d_model)
         self.ffn = pn.FeedForward(d_model, d_ff)
         self.norm2 = pn.LayerNorm(d_model)
@@ -78,6 +90,7 @@ CASES = [
     (checks.check_sinusoidal, (sinusoidal_encoding,)),
     (checks.check_layer_norm, (layer_norm,)),
     (checks.check_pre_ln_block, (PreLNBlock,)),
+    (checks.check_mha, (MultiHeadAttention,)),
 ]
 
 
@@ -96,7 +109,8 @@ def test_plmkit_reference_is_refused(capsys):
     for check, fns in [(checks.check_heads, (pn.split_heads, pn.merge_heads)),
                        (checks.check_sinusoidal, (pn.sinusoidal_table,)),
                        (checks.check_causal_mask, (pn.causal_mask,)),
-                       (checks.check_layer_norm, (pn.layer_norm,))]:
+                       (checks.check_layer_norm, (pn.layer_norm,)),
+                       (checks.check_mha, (pn.MultiHeadAttention,))]:
         ok, out = run(check, *fns, capsys=capsys)
         assert not ok and "is the reference here" in out, out
 
@@ -276,3 +290,70 @@ def test_pre_ln_block_bugs(capsys):
         assert not run(checks.check_pre_ln_block, bug, capsys=capsys)[0], bug.__name__
     ok, out = run(checks.check_pre_ln_block, Renamed, capsys=capsys)
     assert not ok and "missing the submodules" in out
+
+
+def test_pre_ln_block_must_use_the_learners_attention(capsys):
+    class WithPlmkitAttention(PreLNBlock):
+        def __init__(self, d_model, n_heads, d_ff):
+            super().__init__(d_model, n_heads, d_ff)
+            self.attn = pn.MultiHeadAttention(d_model, n_heads)
+    ok, out = run(checks.check_pre_ln_block, WithPlmkitAttention, capsys=capsys)
+    assert not ok and "pn.MultiHeadAttention" in out and "is the reference here" in out, out
+
+
+# ---------------------------------------------------------------- 2.7 multi-head attention
+def _mha_bug(kind):
+    class Bug(MultiHeadAttention):
+        def forward(self, x, context=None, mask=None):
+            kv = x if (context is None or kind == "own_kv") else context
+            q, k, v = (split_heads(p(t), self.n_heads)
+                       for p, t in ((self.q_proj, x), (self.k_proj, kv), (self.v_proj, kv)))
+            if kind == "scale_C":                                  # attention divides by sqrt(D); make it sqrt(C)
+                q = q / math.sqrt(self.n_heads)
+            y = attention(q, k, v, None if kind == "no_mask" else mask)[0]
+            if kind == "no_transpose":
+                B, H, T, D = y.shape
+                y = y.reshape(B, T, H * D)
+            else:
+                y = merge_heads(y)
+            return y if kind == "no_out_proj" else self.out_proj(y)
+    return Bug
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("scale_C", "sqrt(d_model) instead of sqrt(head_dim)"),
+    ("no_out_proj", "output projection out_proj is missing"),
+    ("no_transpose", "merged without transpose"),
+    ("own_kv", "keys and values come from x"),
+    ("no_mask", "mask is not passed"),
+])
+def test_mha_bugs_are_named(kind, hint, capsys):
+    ok, out = run(checks.check_mha, _mha_bug(kind), capsys=capsys)
+    assert not ok and hint in out, out
+
+
+def test_mha_needs_the_documented_submodules(capsys):
+    class Packed(nn.Module):
+        def __init__(self, d_model, n_heads):
+            super().__init__()
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+            self.out_proj = nn.Linear(d_model, d_model)
+
+        def forward(self, x, context=None, mask=None):
+            return x
+    ok, out = run(checks.check_mha, Packed, capsys=capsys)
+    assert not ok and "q_proj" in out, out
+
+
+def test_mha_is_judged_against_torch():
+    """The judge's reference is torch's own module: check it against an independent computation."""
+    from plmkit.checks._core import Gen
+    g = Gen(5, "2.7")
+    c = checks._mha_cases(g)[0]
+    ref = checks._torch_mha(c)
+    m = MultiHeadAttention(c["C"], c["H"])
+    m.load_state_dict(checks._mha_state(c["in_w"], c["in_b"], c["out_w"], c["out_b"]))
+    for _, cross, mask in c["runs"]:
+        ctx = c["context"] if cross else None
+        with torch.no_grad():
+            torch.testing.assert_close(ref(c["x"], ctx, mask), m(c["x"], ctx, mask), atol=1e-5, rtol=1e-4)

@@ -36,7 +36,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "0.1": ["softmax"], "0.2": ["log_softmax"], "0.3": ["cross_entropy"], "0.4": ["train_loop"],
     "1.1": ["count_pairs"], "1.2": ["merge"], "1.3": ["train_bpe"], "1.4": ["encode"], "1.5": ["wordpiece"],
     "2.1": ["attention"], "2.2": ["causal_mask"], "2.3": ["split_heads", "merge_heads"],
-    "2.4": ["sinusoidal_encoding"], "2.5": ["layer_norm"], "2.6": ["PreLNBlock"],
+    "2.4": ["sinusoidal_encoding"], "2.5": ["layer_norm"], "2.6": ["PreLNBlock"], "2.7": ["MultiHeadAttention"],
     "3.1": ["embed"], "3.2": ["mask_tokens"], "3.3": ["mlm_loss"], "3.4": ["nsp_pairs"], "3.5": ["sop_pairs"],
     "3.6": ["albert_param_count"], "3.7": ["mean_pool"],
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
@@ -245,10 +245,15 @@ def ln_float32(x, weight, bias, eps=1e-5):
     return ln(x.float(), weight.float(), bias.float(), eps)
 
 
+def _own_mha():
+    """The solution's MultiHeadAttention (Exercise 2.7): the block of 2.6 is built from the learner's own."""
+    return solutions("02_transformer")["MultiHeadAttention"]
+
+
 class PreLN(nn.Module):
     def __init__(self, d_model, n_heads, d_ff):
         super().__init__()
-        self.attn = pn.MultiHeadAttention(d_model, n_heads)
+        self.attn = _own_mha()(d_model, n_heads)
         self.norm1 = pn.LayerNorm(d_model)
         self.ffn = pn.FeedForward(d_model, d_ff)
         self.norm2 = pn.LayerNorm(d_model)
@@ -284,6 +289,94 @@ class SwappedNorms(PreLN):
     def forward(self, x, mask=None):
         x = x + self.attn(self.norm2(x), mask=mask)
         return x + self.ffn(self.norm1(x))
+
+
+class MHA(nn.Module):
+    """Multi-head attention with a switch for each classic bug (Exercise 2.7)."""
+    scale_by = "head"          # "head": sqrt(D); "model": sqrt(C)
+    out_proj_used = True
+    merge = "ok"               # "no_transpose": reshape (B, H, T, D) straight to (B, T, C)
+    split = "ok"               # "view_bht": view as (B, H, T, D)
+    own_kv = False             # keys/values from x even when a context is given
+    pass_mask = True
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.h = n_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def _split(self, t):
+        B, T, C = t.shape
+        if self.split == "view_bht":
+            return t.view(B, self.h, T, C // self.h)
+        return t.view(B, T, self.h, C // self.h).transpose(1, 2)
+
+    def forward(self, x, context=None, mask=None):
+        kv = x if (context is None or self.own_kv) else context
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        C = x.shape[-1]
+        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1] if self.scale_by == "head" else C)
+        if mask is not None and self.pass_mask:
+            s = s.masked_fill(~mask, float("-inf"))
+        y = torch.softmax(s, -1) @ v
+        B, H, T, D = y.shape
+        y = y.reshape(B, T, C) if self.merge == "no_transpose" else y.transpose(1, 2).reshape(B, T, C)
+        return self.out_proj(y) if self.out_proj_used else y
+
+
+def mha_bug(**switches):
+    return type("MHABug", (MHA,), switches)
+
+
+class MHANoBias(MHA):
+    def __init__(self, d_model, n_heads):
+        super().__init__(d_model, n_heads)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model, bias=False)
+                                                                for _ in range(4))
+
+
+class MHAViaTorch(nn.Module):
+    """Wraps torch's module behind the learner's names: nn.MultiheadAttention is the reference."""
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.h = n_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def forward(self, x, context=None, mask=None):
+        kv = x if context is None else context
+        C = x.shape[-1]
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        kpm = None if mask is None or mask.ndim == 2 else ~mask[:, 0, 0, :]
+        am = ~mask if mask is not None and mask.ndim == 2 else None
+        return F.multi_head_attention_forward(
+            x.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1), C, self.h, w, b, None, None, False, 0.0,
+            self.out_proj.weight, self.out_proj.bias, key_padding_mask=kpm, attn_mask=am,
+            need_weights=False)[0].transpose(0, 1)
+
+
+class MHAViaSDPA(MHA):
+    """Own projections, torch's fused attention: F.scaled_dot_product_attention is the reference."""
+
+    def forward(self, x, context=None, mask=None):
+        kv = x if context is None else context
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        B, H, T, D = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+class PreLNWithPlmkitAttention(PreLN):
+    """The 2.6 block around pn.MultiHeadAttention instead of the learner's own."""
+
+    def __init__(self, d_model, n_heads, d_ff):
+        super().__init__(d_model, n_heads, d_ff)
+        self.attn = pn.MultiHeadAttention(d_model, n_heads)
+
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.ffn(self.norm2(x))
 
 
 # ============================================================================ chapter 3
@@ -539,6 +632,13 @@ MUTANTS = [
     ("2.6", "normalises the stream", NormsTheStream),
     ("2.6", "no residual around attention", NoResidual),
     ("2.6", "norm1 and norm2 swapped", SwappedNorms),
+    ("2.7", "scores divided by sqrt(d_model), not sqrt(head_dim)", mha_bug(scale_by="model")),
+    ("2.7", "no output projection", mha_bug(out_proj_used=False)),
+    ("2.7", "heads merged without transpose", mha_bug(merge="no_transpose")),
+    ("2.7", "heads split by view(B, H, T, D)", mha_bug(split="view_bht")),
+    ("2.7", "cross-attention reads x, not the context", mha_bug(own_kv=True)),
+    ("2.7", "mask not passed to the attention", mha_bug(pass_mask=False)),
+    ("2.7", "projections without bias", MHANoBias),
     ("3.1", "no position embedding", P(emb, pos=False)),
     ("3.1", "no segment embedding", P(emb, seg=False)),
     ("3.1", "positions start at 1", P(emb, start=1)),
@@ -732,7 +832,9 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
             (lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps), "torch's layer norm"),
             (lambda x, w, b, eps=1e-5: nn.functional.group_norm(x.reshape(-1, 1, x.shape[-1]), 1, eps=eps)
              .reshape(x.shape) * w + b, "torch's layer norm")],
-    "2.6": [(ViaEncoderBlock, "pn.EncoderBlock")],
+    "2.6": [(ViaEncoderBlock, "pn.EncoderBlock"), (PreLNWithPlmkitAttention, "pn.MultiHeadAttention")],
+    "2.7": [(pn.MultiHeadAttention, "pn.MultiHeadAttention"), (MHAViaTorch, "nn.MultiheadAttention"),
+            (MHAViaSDPA, "F.scaled_dot_product_attention")],
     "3.1": [(_embed_by_plmkit, "BertEmbeddings")],
     "3.2": [(mlm_lib.mask_tokens, "objectives.mask_tokens")],
     "3.3": [(mlm_lib.mlm_loss, "objectives.mlm_loss")],

@@ -5,12 +5,19 @@
     2.3 split/merge heads    (B, T, C) <-> (B, H, T, D), channels [head 0 | head 1 | ...]
     2.4 sinusoidal_encoding  sin on even channels, cos on odd, frequencies 10000^(2i / C)
     2.5 layer_norm           biased variance, eps inside the root, any leading dims, dtype kept
-    2.6 pre_ln_block         x + attn(norm1(x)), then + ffn(norm2(.)), judged against plmkit's
-                             Pre-LN EncoderBlock loaded with the same weights
+    2.6 pre_ln_block         x + attn(norm1(x)), then + ffn(norm2(.)) around the learner's own
+                             MultiHeadAttention (2.7), judged against plmkit's Pre-LN EncoderBlock
+                             loaded with the same weights
+    2.7 multi_head_attention the learner's MultiHeadAttention module (q/k/v/out projections, head
+                             split/merge, mask), judged against `torch.nn.MultiheadAttention`
+                             loaded with the same weights
+
+(2.7 comes before 2.6 in the notebook: the block is built from the learner's attention.)
 
 Each names the classic bug when it sees one: softmax over the wrong axis, a
 missing 1/sqrt(D), a mask applied after the softmax, heads merged in the wrong
-order, a Post-LN block where a Pre-LN one was asked.
+order, a Post-LN block where a Pre-LN one was asked, heads scaled by sqrt(d_model) instead of
+sqrt(head_dim), a missing output projection, cross-attention that reads its own input.
 """
 from __future__ import annotations
 
@@ -386,9 +393,10 @@ def _ln_judge(r, cases, results):
 # ----------------------------------------------------------------------------- 2.6
 
 check_pre_ln_block = Exercise(
-    "2.6", "pre_ln_block", goal="arranges its own Pre-LN block",
+    "2.6", "pre_ln_block", goal="arranges its own Pre-LN block around its own MultiHeadAttention (Exercise 2.7)",
     forbid=[Rule("plmkit's `pn.EncoderBlock` / `pn.DecoderBlock`", [_blocks.EncoderBlock, _blocks.DecoderBlock]),
-            Rule("`nn.TransformerEncoderLayer`", [torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer])])
+            Rule("`nn.TransformerEncoderLayer`", [torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer]),
+            SDPA, TORCH_MHA, PLMKIT_ATTENTION])
 
 _C, _H, _F = 16, 4, 32
 
@@ -465,3 +473,151 @@ def _block_judge(r, cases, results):
         r.close(got, x, what)
     r.check(not results["grad"]["mutated"] and not any(rec["mutated"] for rec in results["runs"]),
             "PreLNBlock.forward changed its input x in place: use x = x + ..., not x += ...")
+
+
+# ----------------------------------------------------------------------------- 2.7
+
+check_mha = Exercise(
+    "2.7", "multi_head_attention",
+    goal="builds multi-head attention itself from four nn.Linear layers, its split/merge and its attention",
+    forbid=[SDPA, TORCH_MHA, PLMKIT_ATTENTION])
+
+_PROJ = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _mha_state(in_w, in_b, out_w, out_b):
+    """torch's packed weights -> the learner's module: in_proj_weight (3C, C) is [W_q; W_k; W_v]."""
+    C = out_w.shape[0]
+    state = {}
+    for i, name in enumerate(_PROJ[:3]):
+        state[f"{name}.weight"], state[f"{name}.bias"] = in_w[i * C:(i + 1) * C].clone(), in_b[i * C:(i + 1) * C].clone()
+    state["out_proj.weight"], state["out_proj.bias"] = out_w.clone(), out_b.clone()
+    return state
+
+
+@check_mha.cases
+def _mha_cases(g):
+    configs = []
+    for C, H, B, T, S in [(16, 4, 2, 5, 7), (12, 3, 1, 6, 4)]:
+        keep_self = torch.ones(B, T, dtype=torch.bool)
+        keep_self[-1, T - 2:] = False
+        keep_ctx = torch.ones(B, S, dtype=torch.bool)
+        keep_ctx[-1, S - 1:] = False
+        configs.append({
+            "C": C, "H": H, "seed": g.seed_int(),
+            "in_w": g.randn(3 * C, C) * 0.4, "in_b": g.randn(3 * C) * 0.3,
+            "out_w": g.randn(C, C) * 0.4, "out_b": g.randn(C) * 0.3,
+            "x": g.randn(B, T, C), "context": g.randn(B, S, C), "cotangent": g.randn(B, T, C),
+            "runs": [(f"self-attention, x ({B}, {T}, {C}), no mask", False, None),
+                     (f"self-attention, x ({B}, {T}, {C}), a causal mask ({T}, {T})", False,
+                      torch.ones(T, T, dtype=torch.bool).tril()),
+                     (f"self-attention, x ({B}, {T}, {C}), a padding mask ({B}, 1, 1, {T})", False,
+                      keep_self[:, None, None, :]),
+                     (f"cross-attention, x ({B}, {T}, {C}) reading context ({B}, {S}, {C}), no mask", True, None),
+                     (f"cross-attention, x ({B}, {T}, {C}) reading context ({B}, {S}, {C}), "
+                      f"a padding mask ({B}, 1, 1, {S}) on the context", True, keep_ctx[:, None, None, :])]})
+    return configs
+
+
+@check_mha.probe
+def _mha_probe(p, MultiHeadAttention, cases):
+    out = []
+    for c in cases:
+        with torch.random.fork_rng():                     # the notebook's RNG stays untouched
+            torch.manual_seed(c["seed"])
+            m = p.run(MultiHeadAttention, c["C"], c["H"])
+        if not isinstance(m, torch.nn.Module):
+            raise ValueError(f"MultiHeadAttention({c['C']}, {c['H']}) returned {type(m).__name__}, not an nn.Module")
+        bad = [n for n in _PROJ if not isinstance(getattr(m, n, None), torch.nn.Linear)]
+        if bad:
+            raise ValueError(f"MultiHeadAttention needs nn.Linear submodules {list(_PROJ)}; missing or not "
+                             f"nn.Linear: {bad}")
+        m.load_state_dict(_mha_state(c["in_w"], c["in_b"], c["out_w"], c["out_b"]))   # strict: no other weights
+        m.eval()
+
+        def fwd(x, context, mask, m=m):
+            return m(x, context=context, mask=mask)
+        rec = {"runs": [p.call(fwd, c["x"], c["context"] if cross else None, mask) for _, cross, mask in c["runs"]],
+               "grad": p.call(fwd, c["x"], None, None, grad=(0,), cotangent=c["cotangent"])}
+        out.append(rec)
+    return out
+
+
+def _torch_mha(c):
+    C, H = c["C"], c["H"]
+    ref = torch.nn.MultiheadAttention(C, H, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(c["in_w"])
+        ref.in_proj_bias.copy_(c["in_b"])
+        ref.out_proj.weight.copy_(c["out_w"])
+        ref.out_proj.bias.copy_(c["out_b"])
+    ref.eval()
+
+    def run(x, context=None, mask=None):
+        kv = x if context is None else context
+        kw = {}
+        if mask is not None and mask.ndim == 2:                  # (T_q, T_k); torch: True = blocked
+            kw["attn_mask"] = ~mask
+        elif mask is not None:                                   # (B, 1, 1, T_k) padding
+            kw["key_padding_mask"] = ~mask[:, 0, 0, :]
+        return ref(x, kv, kv, need_weights=False, **kw)[0]
+    return run
+
+
+def _mha_variants(c, x, context, mask):
+    """What the classic bugs compute, for the hints (plain torch, trusted side)."""
+    C, H = c["C"], c["H"]
+    st = _mha_state(c["in_w"], c["in_b"], c["out_w"], c["out_b"])
+    lin = {n: (lambda t, n=n: t @ st[f"{n}.weight"].T + st[f"{n}.bias"]) for n in _PROJ}
+
+    def mha(*, scale=None, out=True, merge="ok", own_kv=False, use_mask=True, heads=H):
+        kv = x if (context is None or own_kv) else context
+        d = C // heads
+        q, k, v = (lin[n](t).view(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+                   for n, t in (("q_proj", x), ("k_proj", kv), ("v_proj", kv)))
+        s = q @ k.transpose(-2, -1) / math.sqrt(scale or d)
+        if mask is not None and use_mask:
+            s = s.masked_fill(~mask, float("-inf"))
+        y = torch.softmax(s, -1) @ v                                              # (B, h, T, d)
+        B, _, T, _ = y.shape
+        y = y.reshape(B, T, C) if merge == "no_transpose" else y.transpose(1, 2).reshape(B, T, C)
+        return lin["out_proj"](y) if out else y
+    bugs = {
+        "the scores are divided by sqrt(d_model) instead of sqrt(head_dim)": mha(scale=C),
+        "the output projection out_proj is missing": mha(out=False),
+        "heads merged without transpose(1, 2): positions and heads are mixed": mha(merge="no_transpose"),
+        "the heads are never split (one head of width d_model)": mha(heads=1),
+    }
+    if context is not None:
+        bugs["keys and values come from x, not from `context`"] = mha(own_kv=True)
+    if mask is not None:
+        bugs["the mask is not passed to the attention"] = mha(use_mask=False)
+    return bugs
+
+
+@check_mha.judge
+def _mha_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        ref = _torch_mha(c)
+        for (what, cross, mask), run in zip(c["runs"], rec["runs"]):
+            context = c["context"] if cross else None
+            with torch.no_grad():
+                want = ref(c["x"], context, mask)
+            what = f"MultiHeadAttention({c['C']}, n_heads={c['H']}) on {what}"
+            got = r.value(run, what)
+            if got is None:
+                continue
+
+            def hint(g, c=c, context=context, mask=mask):
+                with torch.no_grad():
+                    for name, bug in _mha_variants(c, c["x"], context, mask).items():
+                        if g.shape == bug.shape and torch.allclose(g.double(), bug.double(), atol=1e-4):
+                            return f"looks like {name}"
+                return ""
+            r.close(got, want, what, hint=hint)
+        what = f"MultiHeadAttention({c['C']}, n_heads={c['H']}): the gradient with respect to x"
+        if r.value(rec["grad"], what) is not None:
+            case = {"args": [c["x"]], "grad": [0], "cotangent": c["cotangent"]}
+            r.grads_close(rec["grad"], reference_grads(ref, case), what, atol=1e-4)
+    r.check(not any(run["mutated"] for rec in results for run in [*rec["runs"], rec["grad"]]),
+            "MultiHeadAttention.forward changed x, the context or the mask in place")

@@ -42,7 +42,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "3.6": ["albert_param_count"], "3.7": ["mean_pool"],
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
-    "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"],
+    "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
 }
 
 
@@ -497,6 +497,41 @@ def gen_loop(model, input_ids, max_new_tokens, *, temperature=1.0, top_k=None, t
     return ids
 
 
+def gpt2(folder, input_ids, *, slip=""):
+    """4.11 with one slip: the mask, GELU, the Conv1D layout, the final norm, positions, the scale."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    w = {k.removeprefix("transformer."): v for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    B, T = input_ids.shape
+    C, H = cfg["n_embd"], cfg["n_head"]
+    D = C // H
+
+    def ln(x, name):
+        return F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], cfg["layer_norm_epsilon"])
+
+    def lin(x, name):
+        W = w[name + ".weight"]
+        return x @ (W.T.reshape(W.shape) if slip == "Conv1D read as Linear" else W) + w[name + ".bias"]
+
+    x = w["wte.weight"][input_ids] + (0 if slip == "no positions" else w["wpe.weight"][:T])
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for i in range(cfg["n_layer"]):
+        p = f"h.{i}."
+        q, k, v = lin(ln(x, p + "ln_1"), p + "attn.c_attn").split(C, dim=-1)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / (D if slip == "scale 1/D" else math.sqrt(D))
+        if slip != "no mask":
+            scores = scores.masked_fill(~mask, float("-inf"))
+        x = x + lin((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C), p + "attn.c_proj")
+        h = F.gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc"), approximate="none" if slip == "exact GELU" else "tanh")
+        x = x + lin(h, p + "mlp.c_proj")
+    return (x if slip == "no ln_f" else ln(x, "ln_f")) @ w["wte.weight"].T
+
+
 def _lr_mult(step, cfg, slip=""):
     w, S, r = cfg["warmup_steps"], cfg["max_steps"], cfg["min_lr_ratio"]
     if slip == "no floor":
@@ -699,6 +734,12 @@ MUTANTS = [
     ("4.10", "no gradient clipping", ts("no clipping")),
     ("4.10", "clips after optimizer.step()", ts("clips after the step")),
     ("4.10", "no zero_grad: gradients pile up", ts("no zero_grad")),
+    ("4.11", "no causal mask", P(gpt2, slip="no mask")),
+    ("4.11", "exact GELU instead of tanh", P(gpt2, slip="exact GELU")),
+    ("4.11", "Conv1D weights read as nn.Linear's", P(gpt2, slip="Conv1D read as Linear")),
+    ("4.11", "no final layer norm", P(gpt2, slip="no ln_f")),
+    ("4.11", "no position embeddings", P(gpt2, slip="no positions")),
+    ("4.11", "scores scaled by 1/D", P(gpt2, slip="scale 1/D")),
 ]
 
 
@@ -815,6 +856,16 @@ def _generate_by_sample_next(model, ids, n, *, temperature=1.0, top_k=None, top_
     return ids
 
 
+def _gpt2_by_hf(folder, input_ids):
+    from transformers import GPT2LMHeadModel
+    return GPT2LMHeadModel.from_pretrained(folder).eval()(input_ids).logits.detach()
+
+
+def _gpt2_by_plmkit(folder, input_ids):
+    from plmkit.models import GPT
+    return GPT.from_pretrained(folder).eval()(input_ids).detach()
+
+
 def _optimizer_by_param_groups(model, cfg):
     return torch.optim.AdamW(train_lib.param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=cfg["betas"])
 
@@ -873,6 +924,7 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
             (_generate_by_sample_next, "plmkit's `generate` module")],
     "4.10": [((_optimizer_by_param_groups, one_step), "`train.Trainer` / `param_groups` / `warmup_cosine`"),
              ((opt_groups, _step_by_warmup_cosine), "`train.Trainer` / `param_groups` / `warmup_cosine`")],
+    "4.11": [(_gpt2_by_hf, "Hugging Face's model classes"), (_gpt2_by_plmkit, "plmkit's models and blocks")],
 }
 
 

@@ -10,6 +10,7 @@
     4.8 best_hypothesis      rank finished beams by sum of log-probs / length ** length_penalty
     4.9 generate             the sampling loop: temperature, top-k, top-p, stop token, one multinomial per step
     4.10 train_step          AdamW decay groups, warm-up + cosine lr, clipping: equal to plmkit's Trainer
+    4.11 gpt2_logits         GPT-2 forward from a saved Hugging Face folder (random tiny weights): its logits
 
 Functions documented for (..., V) logits are run on 1-D, 2-D and 3-D inputs,
 so a `dim=1` where `dim=-1` belongs fails. Each checker names the usual slips
@@ -676,3 +677,100 @@ def _train_judge(r, cases, results):
             r.check(not bad, f"{at}: after the update the weights differ from plmkit's Trainer's, e.g. in "
                              f"{bad[:3]}{hint}")
             r.unchanged(rec, at)
+
+
+# ----------------------------------------------------------------------------- 4.11
+
+check_gpt2_logits = Exercise(
+    "4.11", "gpt2_logits", goal="runs GPT-2's forward pass itself from the saved weights",
+    forbid=[Rule("Hugging Face's model classes (`transformers.models`)", [Module("transformers.models")]),
+            Rule("plmkit's models and blocks (`plmkit.models`, `plmkit.nn`)", [Module("plmkit.models"),
+                                                                              Module("plmkit.nn")])])
+
+
+def _gpt2_shapes(cfg: dict) -> dict:
+    """Hugging Face GPT-2 tensor names and shapes (Conv1D weights are stored (in, out)); the head is tied."""
+    C, V, L = cfg["n_embd"], cfg["vocab_size"], cfg["n_layer"]
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg["n_positions"], C),
+              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        shapes.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+                       p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+                       p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+                       p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+                       p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,)})
+    return shapes
+
+
+@check_gpt2_logits.cases
+def _gpt2_cases(g):
+    n_head = g.choice([2, 4])
+    cfg = dict(vocab_size=g.int(20, 40), n_positions=16, n_embd=8 * n_head, n_layer=2, n_head=n_head,
+               layer_norm_epsilon=1e-5)
+    state = {}
+    for k, shape in _gpt2_shapes(cfg).items():
+        if "ln" in k and k.endswith("weight"):
+            state[k] = 1.0 + 0.2 * g.randn(*shape)
+        else:
+            state[k] = (0.1 if k.endswith("bias") else 0.3) * g.randn(*shape)
+    V, T = cfg["vocab_size"], cfg["n_positions"]
+    inputs = [g.randint(0, V, (2, 7)), g.randint(0, V, (1, T)), g.randint(0, V, (3, 1))]
+    return {"config": cfg, "state": state, "inputs": inputs}
+
+
+def _write_gpt2_folder(cases: dict, folder: str) -> None:
+    import json
+    import os
+
+    from safetensors.torch import save_file
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "activation_function": "gelu_new",
+              **cases["config"]}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file({k: v.contiguous() for k, v in cases["state"].items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+@check_gpt2_logits.probe
+def _gpt2_probe(p, gpt2_logits, cases):
+    import tempfile
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        _write_gpt2_folder(cases, folder)
+        for ids in cases["inputs"]:
+            out.append(p.call(gpt2_logits, folder, ids))
+    return out
+
+
+def _gpt2_reference(cases: dict):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    with torch.random.fork_rng(devices=[]):
+        model = GPT2LMHeadModel(GPT2Config(**cases["config"], activation_function="gelu_new",
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    missing, unexpected = model.load_state_dict(cases["state"], strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model
+
+
+@check_gpt2_logits.judge
+def _gpt2_judge(r, cases, results):
+    model = _gpt2_reference(cases)
+    for ids, rec in zip(cases["inputs"], results):
+        with torch.no_grad():
+            want = model(ids).logits
+        what = f"gpt2_logits(folder, input_ids {tuple(ids.shape)})"
+        got = r.value(rec, what)
+        if got is None:
+            continue
+
+        def hint(g, ids=ids):
+            if g.shape != want.shape:
+                return "logits are (B, T, vocab_size): the head is the token embedding, transposed"
+            if ids.shape[1] > 1 and torch.allclose(g[:, 0].double(), want[:, 0].double(), atol=1e-4):
+                return ("position 0 is right, later ones are not: is the causal mask applied (and the right way "
+                        "round), are the position embeddings wpe[:T] added?")
+            return ""
+        r.close(got, want, what, atol=1e-4, rtol=1e-4, hint=hint)
+    r.check(not any(rec["mutated"] for rec in results), "gpt2_logits changed input_ids in place")

@@ -449,7 +449,8 @@ check_generate = Exercise(
 def _sampling_settings():
     """(temperature, top_k, top_p, stop?) per case: greedy, each filter alone, both together, a stop token."""
     return [(0, None, None, False), (0.8, None, None, False), (1.3, 5, None, False), (0.9, None, 0.8, False),
-            (1.5, 6, 0.7, False), (1.2, 3, 0.95, False), (1.0, None, 0.9, True), (2.0, None, None, True),
+            (1.5, 6, 0.7, False), (1.2, 3, 0.95, False), (1.0, 4, 0.6, False), (1.0, None, 0.9, True),
+            (2.0, None, None, True), (1.5, None, None, True),
             (0, None, None, True)]
 
 

@@ -23,6 +23,7 @@ import test_checks_gpt as gpt_bugs
 import test_checks_tokenization as tok_bugs
 from plmkit import basics, checks
 from plmkit import generate as gen
+from plmkit import train as train_lib
 from plmkit.models import bert as bert_lib
 from plmkit.objectives import clm as clm_lib
 from plmkit.objectives import mlm as mlm_lib
@@ -41,6 +42,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "3.6": ["albert_param_count"], "3.7": ["mean_pool"],
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
+    "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
 }
 
 
@@ -559,6 +561,123 @@ def best_float(sums, lengths, length_penalty=1.0):
     return float(max(range(len(scores)), key=lambda i: scores[i]))
 
 
+@torch.no_grad()
+def gen_loop(model, input_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+             generator=None, slip=""):
+    """4.9 with one slip: the order of the filters, the temperature, the stop rules."""
+    ids, finished = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        logits = model(ids)[:, -1, :].float()
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits if slip == "temperature last" else logits / temperature
+            ns = solutions("04_gpt")                    # the book's filters: plmkit's own are forbidden here
+            filters = [(ns["top_k_filter"], top_k), (ns["top_p_filter"], top_p)]
+            for f, arg in (filters[::-1] if slip == "top-p first" else filters):
+                if arg is not None:
+                    logits = f(logits, arg)
+            logits = logits / temperature if slip == "temperature last" else logits
+            probs = torch.softmax(logits, -1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if stop_token is not None:
+            if slip != "finished rows keep sampling":
+                nxt = torch.where(finished, torch.full_like(nxt, stop_token), nxt)
+            finished |= nxt == stop_token
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if stop_token is not None and slip != "no early end" and bool(finished.all()):
+            break
+    return ids
+
+
+def gpt2(folder, input_ids, *, slip=""):
+    """4.11 with one slip: the mask, GELU, the Conv1D layout, the final norm, positions, the scale."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    w = {k.removeprefix("transformer."): v for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    B, T = input_ids.shape
+    C, H = cfg["n_embd"], cfg["n_head"]
+    D = C // H
+
+    def ln(x, name):
+        return F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], cfg["layer_norm_epsilon"])
+
+    def lin(x, name):
+        W = w[name + ".weight"]
+        return x @ (W.T.reshape(W.shape) if slip == "Conv1D read as Linear" else W) + w[name + ".bias"]
+
+    x = w["wte.weight"][input_ids] + (0 if slip == "no positions" else w["wpe.weight"][:T])
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for i in range(cfg["n_layer"]):
+        p = f"h.{i}."
+        q, k, v = lin(ln(x, p + "ln_1"), p + "attn.c_attn").split(C, dim=-1)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / (D if slip == "scale 1/D" else math.sqrt(D))
+        if slip != "no mask":
+            scores = scores.masked_fill(~mask, float("-inf"))
+        x = x + lin((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C), p + "attn.c_proj")
+        h = F.gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc"), approximate="none" if slip == "exact GELU" else "tanh")
+        x = x + lin(h, p + "mlp.c_proj")
+    return (x if slip == "no ln_f" else ln(x, "ln_f")) @ w["wte.weight"].T
+
+
+def _lr_mult(step, cfg, slip=""):
+    w, S, r = cfg["warmup_steps"], cfg["max_steps"], cfg["min_lr_ratio"]
+    if slip == "no floor":
+        r = 0.0
+    if step < w:
+        return (step if slip == "warm-up from 0" else step + 1) / w
+    if step >= S:
+        return r
+    return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, S - w)))
+
+
+def opt_groups(model, cfg, slip=""):
+    """4.10's make_optimizer; slips: every parameter decayed, embeddings decayed (only the ndim rule)."""
+    if slip == "decay everything":
+        return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"],
+                                 weight_decay=cfg["weight_decay"])
+    skip = set()
+    for module in model.modules():
+        if slip != "embeddings decayed" and ("Embedding" in type(module).__name__ or "Norm" in type(module).__name__):
+            skip.update(id(p) for p in module.parameters(recurse=False))
+    decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in skip]
+    rest = [p for p in model.parameters() if p.ndim < 2 or id(p) in skip]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"], betas=cfg["betas"])
+
+
+def one_step(model, optimizer, batch, step, cfg, slip=""):
+    """4.10's train_step; slips in the schedule, the clipping and the gradient bookkeeping."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg["lr"] * _lr_mult(step, cfg, slip)
+    model.train()
+    if slip != "no zero_grad":
+        optimizer.zero_grad()
+    inputs, targets = batch
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    loss.backward()
+    if cfg["grad_clip"] is not None and slip not in ("no clipping", "clips after the step"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    if slip == "clips each tensor":
+        for p in model.parameters():
+            if p.grad is not None and cfg["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_([p], cfg["grad_clip"])
+    optimizer.step()
+    if slip == "clips after the step" and cfg["grad_clip"] is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    return loss.item()
+
+
+def ts(slip):
+    return (P(opt_groups, slip=slip), P(one_step, slip=slip))
+
+
 P = functools.partial
 MUTANTS = [
     ("0.1", "no max shift: exp overflows", sm_no_shift),
@@ -704,6 +823,23 @@ MUTANTS = [
     ("4.8", "argmin", best_argmin),
     ("4.8", "returns a float", best_float),
     ("4.8", "pops the caller's list", best_pops),
+    ("4.9", "top-p before top-k", P(gen_loop, slip="top-p first")),
+    ("4.9", "temperature after the filters", P(gen_loop, slip="temperature last")),
+    ("4.9", "finished rows keep sampling", P(gen_loop, slip="finished rows keep sampling")),
+    ("4.9", "no early end when every row stopped", P(gen_loop, slip="no early end")),
+    ("4.10", "weight decay on every parameter", ts("decay everything")),
+    ("4.10", "embeddings decayed", ts("embeddings decayed")),
+    ("4.10", "warm-up starts at lr 0 (off by one)", ts("warm-up from 0")),
+    ("4.10", "cosine ignores min_lr_ratio", ts("no floor")),
+    ("4.10", "no gradient clipping", ts("no clipping")),
+    ("4.10", "clips after optimizer.step()", ts("clips after the step")),
+    ("4.10", "no zero_grad: gradients pile up", ts("no zero_grad")),
+    ("4.11", "no causal mask", P(gpt2, slip="no mask")),
+    ("4.11", "exact GELU instead of tanh", P(gpt2, slip="exact GELU")),
+    ("4.11", "Conv1D weights read as nn.Linear's", P(gpt2, slip="Conv1D read as Linear")),
+    ("4.11", "no final layer norm", P(gpt2, slip="no ln_f")),
+    ("4.11", "no position embeddings", P(gpt2, slip="no positions")),
+    ("4.11", "scores scaled by 1/D", P(gpt2, slip="scale 1/D")),
 ]
 
 
@@ -805,6 +941,42 @@ def _top_p_by_hf(logits, p):
     return TopPLogitsWarper(top_p=p, min_tokens_to_keep=1)(None, logits)
 
 
+def _generate_by_plmkit(model, ids, n, *, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        generator=None):
+    return gen.generate(model, ids, n, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                        stop_tokens=None if stop_token is None else [stop_token], use_cache=False)
+
+
+@torch.no_grad()
+def _generate_by_sample_next(model, ids, n, *, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                             generator=None):
+    for _ in range(n):
+        nxt = gen.sample_next(model(ids)[:, -1].float(), temperature, top_k, top_p, generator)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+    return ids
+
+
+def _gpt2_by_hf(folder, input_ids):
+    from transformers import GPT2LMHeadModel
+    return GPT2LMHeadModel.from_pretrained(folder).eval()(input_ids).logits.detach()
+
+
+def _gpt2_by_plmkit(folder, input_ids):
+    from plmkit.models import GPT
+    return GPT.from_pretrained(folder).eval()(input_ids).detach()
+
+
+def _optimizer_by_param_groups(model, cfg):
+    return torch.optim.AdamW(train_lib.param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=cfg["betas"])
+
+
+def _step_by_warmup_cosine(model, optimizer, batch, step, cfg):
+    mult = train_lib.warmup_cosine(step, warmup_steps=cfg["warmup_steps"], max_steps=cfg["max_steps"],
+                                   min_lr_ratio=cfg["min_lr_ratio"])
+    assert math.isclose(mult, _lr_mult(step, cfg))
+    return one_step(model, optimizer, batch, step, cfg)
+
+
 class ViaEncoderBlock(PreLN):
     norm_first = True
     drop = nn.Identity()
@@ -850,6 +1022,11 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "4.6": [(gen.top_p_filter, "generate.top_p_filter"), (_top_p_by_hf, "Hugging Face's generation utilities")],
     "4.7": [(gen.beam_search_step, "generate.beam_search_step")],
     "4.8": [(gen.best_hypothesis, "generate.best_hypothesis")],
+    "4.9": [(_generate_by_plmkit, "plmkit's `generate` module"),
+            (_generate_by_sample_next, "plmkit's `generate` module")],
+    "4.10": [((_optimizer_by_param_groups, one_step), "`train.Trainer` / `param_groups` / `warmup_cosine`"),
+             ((opt_groups, _step_by_warmup_cosine), "`train.Trainer` / `param_groups` / `warmup_cosine`")],
+    "4.11": [(_gpt2_by_hf, "Hugging Face's model classes"), (_gpt2_by_plmkit, "plmkit's models and blocks")],
 }
 
 

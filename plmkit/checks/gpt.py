@@ -8,6 +8,9 @@
     4.6 top_p_filter         keep the smallest top set with mass >= p, crossing token included
     4.7 beam_search_step     the best n extensions over all beams and tokens together
     4.8 best_hypothesis      rank finished beams by sum of log-probs / length ** length_penalty
+    4.9 generate             the sampling loop: temperature, top-k, top-p, stop token, one multinomial per step
+    4.10 train_step          AdamW decay groups, warm-up + cosine lr, clipping: equal to plmkit's Trainer
+    4.11 gpt2_logits         GPT-2 forward from a saved Hugging Face folder (random tiny weights): its logits
 
 Functions documented for (..., V) logits are run on 1-D, 2-D and 3-D inputs,
 so a `dim=1` where `dim=-1` belongs fails. Each checker names the usual slips
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import generate as _gen
+from .. import train as _train
 from ..objectives import clm as _clm
 from ._core import Exercise, reference_grads
 from ._guard import Module, Rule
@@ -401,3 +405,373 @@ def _best_judge(r, cases, results):
             continue
         r.equal(got, want, what)
     r.check(not any(rec["mutated"] for rec in results), "best_hypothesis changed the lists it was given")
+
+
+# ----------------------------------------------------------------------------- shared: a tiny GPT from case data
+
+def _tiny_gpt_cases(g, vocab: int) -> dict:
+    """Config and weights of a tiny GPT (plain data), scaled so that the next-token distributions
+    are neither flat nor one-hot: top-k and top-p cut something, and sampling still varies."""
+    cfg = dict(vocab_size=vocab, n_positions=48, n_embd=32, n_layer=2, n_head=4)
+    shapes = {k: tuple(v.shape) for k, v in _gpt_module(cfg).state_dict().items()}
+    state = {}
+    for k, shape in sorted(shapes.items()):
+        if k == "lm_head.weight":                         # tied to wte.weight
+            continue
+        if ("norm" in k or "ln_" in k) and k.endswith("weight"):
+            state[k] = 1.0 + 0.1 * g.randn(*shape)
+        elif k.endswith("bias"):
+            state[k] = 0.1 * g.randn(*shape)
+        elif "wte" in k:
+            state[k] = 0.35 * g.randn(*shape)
+        else:
+            state[k] = 0.2 * g.randn(*shape)
+    return {"config": cfg, "state": state}
+
+
+def _gpt_module(cfg: dict, state: dict | None = None):
+    from ..models import GPT, GPTConfig
+    with torch.random.fork_rng(devices=[]):               # leave the caller's random state alone
+        model = GPT(GPTConfig(**cfg))                     # the weights are replaced: only shapes matter
+    if state is not None:
+        model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False)
+    return model
+
+
+# ----------------------------------------------------------------------------- 4.9
+
+check_generate = Exercise(
+    "4.9", "generate", goal="writes the sampling loop itself",
+    forbid=[Rule("plmkit's `generate` module (`generate`, `sample_next`, the filters, the decoder states)",
+                 [Module("plmkit.generate")]), HF_GENERATION])
+
+
+def _sampling_settings():
+    """(temperature, top_k, top_p, stop?) per case: greedy, each filter alone, both together, a stop token."""
+    return [(0, None, None, False), (0.8, None, None, False), (1.3, 5, None, False), (0.9, None, 0.8, False),
+            (1.5, 6, 0.7, False), (1.2, 3, 0.95, False), (1.0, 4, 0.6, False), (1.0, None, 0.9, True),
+            (2.0, None, None, True), (1.5, None, None, True),
+            (0, None, None, True)]
+
+
+@check_generate.cases
+def _gen_cases(g):
+    model = _tiny_gpt_cases(g, vocab=g.int(12, 20))
+    V = model["config"]["vocab_size"]
+    cases = []
+    for i, (T, k, p, stop) in enumerate(_sampling_settings()):
+        B, T0, n = (1 if stop and T == 0 else g.int(2, 4)), g.int(3, 6), g.int(10, 16)   # greedy + stop: ends early
+        case = {"ids": g.randint(0, V, (B, T0)), "max_new_tokens": n, "temperature": T, "top_k": k, "top_p": p,
+                "stop_token": None, "seed": g.seed_int()}
+        if stop:
+            # a stop token that row 0 really emits: sampling, as its 1st new token (the other rows go on
+            # while row 0 only repeats it); greedy (one row), as its 3rd (decoding ends early)
+            free = _gen_reference(model, {**case, "stop_token": None})
+            case["stop_token"] = int(free[0, T0 + (0 if T else 2)])
+        opts = ", ".join(f"{name}={case[name]}" for name in ("temperature", "top_k", "top_p", "stop_token")
+                         if case[name] is not None)
+        case["what"] = (f"generate(model, input_ids {(B, T0)}, max_new_tokens={n}, {opts}, "
+                        f"generator=torch.Generator().manual_seed({case['seed']}))")
+        cases.append(case)
+    return {"model": model, "cases": cases}
+
+
+def _gen_kwargs(case: dict) -> dict:
+    return {name: case[name] for name in ("temperature", "top_k", "top_p", "stop_token")}
+
+
+@check_generate.probe
+def _gen_probe(p, generate, cases):
+    out = []
+    for case in cases["cases"]:
+        model = _gpt_module(cases["model"]["config"], cases["model"]["state"]).eval()
+        gen = torch.Generator().manual_seed(case["seed"])
+        out.append(p.call(generate, model, case["ids"], case["max_new_tokens"], generator=gen, **_gen_kwargs(case)))
+    return out
+
+
+def _gen_reference(model_data: dict, case: dict) -> torch.Tensor:
+    """plmkit.generate, recomputing the whole prefix each step (chapter 4's loop)."""
+    model = _gpt_module(model_data["config"], model_data["state"]).eval()
+    stop = case["stop_token"]
+    return _gen.generate(model, case["ids"], case["max_new_tokens"], temperature=case["temperature"],
+                         top_k=case["top_k"], top_p=case["top_p"], stop_tokens=None if stop is None else [stop],
+                         generator=torch.Generator().manual_seed(case["seed"]), use_cache=False)
+
+
+@torch.no_grad()
+def _gen_variant(model_data: dict, case: dict, slip: str) -> torch.Tensor:
+    """The loop with one usual slip, to name it in a failure."""
+    model = _gpt_module(model_data["config"], model_data["state"]).eval()
+    gen = torch.Generator().manual_seed(case["seed"])
+    ids, T, k, p, stop = case["ids"], case["temperature"], case["top_k"], case["top_p"], case["stop_token"]
+    finished = torch.zeros(ids.size(0), dtype=torch.bool)
+    for _ in range(case["max_new_tokens"]):
+        logits = model(ids)[:, -1, :].float()
+        if T == 0:
+            nxt = logits.argmax(-1)
+        else:
+            if slip != "temperature last":
+                logits = logits / T
+            filters = [(_gen.top_k_filter, k), (_gen.top_p_filter, p)]
+            if slip == "top-p first":
+                filters.reverse()
+            for f, arg in filters:
+                if arg is not None and slip != "no filters":
+                    logits = f(logits, arg)
+            if slip == "temperature last":
+                logits = logits / T
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
+        if stop is not None and slip != "no padding":
+            nxt = torch.where(finished, torch.full_like(nxt, stop), nxt)
+            finished |= nxt == stop
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if stop is not None and slip != "no early end" and bool(finished.all()):
+            break
+    return ids
+
+
+_GEN_SLIPS = {"top-p first": "top-p is applied before top-k; the order is temperature, then top-k, then top-p",
+              "temperature last": "the temperature is applied after the filters; divide the logits by it first",
+              "no filters": "top_k / top_p were not applied to the distribution that is sampled",
+              "no padding": "a row that has emitted the stop token must only repeat it (it is finished)",
+              "no early end": "decoding must end as soon as every row has emitted the stop token"}
+
+
+@check_generate.judge
+def _gen_judge(r, cases, results):
+    for case, rec in zip(cases["cases"], results):
+        want = _gen_reference(cases["model"], case)
+        what = case["what"]
+        got = r.value(rec, what)
+        if got is None:
+            continue
+
+        def hint(g, case=case):
+            for slip, words in _GEN_SLIPS.items():
+                v = _gen_variant(cases["model"], case, slip)
+                if v.shape == g.shape and torch.equal(v, g.long()):
+                    return words
+            if g.ndim == 2 and g.shape[1] >= case["ids"].shape[1] and not torch.equal(g[:, :case["ids"].shape[1]],
+                                                                                      case["ids"]):
+                return "the result must begin with the prompt, followed by the new tokens"
+            return ""
+        r.close(got, want, f"{what}: the token ids", atol=0, rtol=0, hint=hint)
+    r.check(not any(rec["mutated"] for rec in results), "generate changed input_ids in place")
+
+
+# ----------------------------------------------------------------------------- 4.10
+
+check_train_step = Exercise(
+    "4.10", "train_step", goal="builds the optimizer groups, the schedule and the step itself",
+    forbid=[Rule("plmkit's `train.Trainer` / `param_groups` / `warmup_cosine`",
+                 [_train.Trainer, _train.param_groups, _train.warmup_cosine])])
+
+_TRAIN_CONFIGS = [dict(lr=0.02, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=2, max_steps=5, min_lr_ratio=0.1,
+                       grad_clip=0.5),
+                  dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.3, warmup_steps=0, max_steps=3, min_lr_ratio=0.0,
+                       grad_clip=None)]
+
+
+@check_train_step.cases
+def _train_cases(g):
+    model = _tiny_gpt_cases(g, vocab=g.int(12, 20))
+    V = model["config"]["vocab_size"]
+    runs = []
+    for cfg in _TRAIN_CONFIGS:
+        batches = []
+        for _ in range(cfg["max_steps"]):
+            ids = g.randint(0, V, (g.int(2, 4), 9))
+            batches.append((ids[:, :-1], ids[:, 1:]))
+        runs.append({"config": dict(cfg), "batches": batches})
+    return {"model": model, "runs": runs}
+
+
+def _train_what(cfg: dict) -> str:
+    return "train_step over steps 0.." + str(cfg["max_steps"] - 1) + " with cfg " + str(cfg)
+
+
+@check_train_step.probe
+def _train_probe(p, make_optimizer, train_step, cases):
+    out = []
+    for run in cases["runs"]:
+        cfg = run["config"]
+        model = _gpt_module(cases["model"]["config"], cases["model"]["state"])
+        names = {id(t): n for n, t in model.named_parameters()}
+        opt = p.run(make_optimizer, model, dict(cfg))
+        groups = [{"weight_decay": float(gr.get("weight_decay", 0.0)),
+                   "params": sorted(names.get(id(t), "?") for t in gr["params"])}
+                  for gr in getattr(opt, "param_groups", [])]
+        steps = []
+        for step, batch in enumerate(run["batches"]):
+            rec = p.call(train_step, model, opt, batch, step, dict(cfg))
+            rec["lr"] = [float(gr["lr"]) for gr in opt.param_groups]
+            rec["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            steps.append(rec)
+        out.append({"optimizer": type(opt).__name__, "groups": groups, "steps": steps})
+    return out
+
+
+def _train_reference(cases: dict, run: dict) -> tuple[list, list, list, list]:
+    """plmkit's Trainer on the same model and batches: (loss, lr, state) after each step, and its groups."""
+    cfg = run["config"]
+    model = _gpt_module(cases["model"]["config"], cases["model"]["state"])
+    names = {id(t): n for n, t in model.named_parameters()}
+    groups = [{"weight_decay": gr["weight_decay"], "params": sorted(names[id(t)] for t in gr["params"])}
+              for gr in _train.param_groups(model, cfg["weight_decay"])]
+    trainer = _train.Trainer(model, run["batches"], max_steps=cfg["max_steps"], lr=cfg["lr"], betas=cfg["betas"],
+                             weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup_steps"],
+                             min_lr_ratio=cfg["min_lr_ratio"], grad_clip=cfg["grad_clip"], device="cpu",
+                             precision="fp32", progress=False)
+    losses, lrs, states = [], [], []
+    for _ in run["batches"]:
+        lr = trainer.optimizer.param_groups[0]["lr"]                # the lr this step uses
+        losses.append(float(trainer.train_step()))
+        lrs.append(lr)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return losses, lrs, states, groups
+
+
+@check_train_step.judge
+def _train_judge(r, cases, results):
+    for run, res in zip(cases["runs"], results):
+        losses, lrs, states, groups = _train_reference(cases, run)
+        cfg = run["config"]
+        what = _train_what(cfg)
+        r.check(res["optimizer"] == "AdamW", f"make_optimizer must return a torch.optim.AdamW, got {res['optimizer']}")
+        want_groups = {gr["weight_decay"]: gr["params"] for gr in groups}
+        got_groups = {gr["weight_decay"]: gr["params"] for gr in res["groups"]}
+        decayed = set(want_groups.get(cfg["weight_decay"], []))
+        got_decayed = set(got_groups.get(cfg["weight_decay"], []))
+        extra, missing = sorted(got_decayed - decayed), sorted(decayed - got_decayed)
+        groups_ok = r.check(not extra and not missing and sorted(got_groups) == sorted(want_groups),
+                f"make_optimizer(model, {cfg}): the parameter groups differ from the rule (weight decay "
+                f"{cfg['weight_decay']} on the weight matrices, 0.0 on biases, norm gains and embeddings, the tied "
+                f"head included): "
+                + (f"decayed but should not be: {extra[:4]}; " if extra else "")
+                + (f"should be decayed: {missing[:4]}; " if missing else "")
+                + f"groups given: {[(w, len(n)) for w, n in got_groups.items()]}")
+        lr_ok = True
+        for step, (rec, loss, lr, state) in enumerate(zip(res["steps"], losses, lrs, states)):
+            at = f"{what}, step {step}"
+            got = r.value(rec, at, float)
+            if got is None:
+                if rec.get("value") is not None and not rec.get("raised"):
+                    r.failures[-1] += " (return the loss as a Python float: loss.item())"
+            else:
+                r.check(math.isclose(got, loss, rel_tol=1e-4, abs_tol=1e-5),
+                        f"{at}: the loss should be {loss:.6f} (cross-entropy of model(inputs) against targets, "
+                        f"before the update), got {got:.6f}")
+            got_lr = rec["lr"]
+            ok = bool(got_lr) and all(math.isclose(v, lr, rel_tol=1e-6) for v in got_lr)
+            lr_ok &= ok
+            warm = step < cfg["warmup_steps"]
+            r.check(ok, f"{at}: the learning rate in the optimizer should be {lr:.6g} "
+                        f"(lr x {'(step + 1) / warmup_steps' if warm else 'the cosine multiplier'} = "
+                        f"{lr / cfg['lr']:.4f}), got {got_lr}")
+            bad = [k for k in state if not torch.allclose(rec["state"][k], state[k], atol=1e-5, rtol=1e-4)]
+            hint = ""
+            if bad and lr_ok and groups_ok:
+                hint = (" (groups and learning rate are right: clip the global gradient norm between backward() "
+                        "and step(), clear the gradients every step)" if cfg["grad_clip"] else
+                        " (clear the gradients every step, one optimizer.step() per call)")
+            r.check(not bad, f"{at}: after the update the weights differ from plmkit's Trainer's, e.g. in "
+                             f"{bad[:3]}{hint}")
+            r.unchanged(rec, at)
+
+
+# ----------------------------------------------------------------------------- 4.11
+
+check_gpt2_logits = Exercise(
+    "4.11", "gpt2_logits", goal="runs GPT-2's forward pass itself from the saved weights",
+    forbid=[Rule("Hugging Face's model classes (`transformers.models`)", [Module("transformers.models")]),
+            Rule("plmkit's models and blocks (`plmkit.models`, `plmkit.nn`)", [Module("plmkit.models"),
+                                                                              Module("plmkit.nn")])])
+
+
+def _gpt2_shapes(cfg: dict) -> dict:
+    """Hugging Face GPT-2 tensor names and shapes (Conv1D weights are stored (in, out)); the head is tied."""
+    C, V, L = cfg["n_embd"], cfg["vocab_size"], cfg["n_layer"]
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg["n_positions"], C),
+              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        shapes.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+                       p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+                       p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+                       p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+                       p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,)})
+    return shapes
+
+
+@check_gpt2_logits.cases
+def _gpt2_cases(g):
+    n_head = g.choice([2, 4])
+    cfg = dict(vocab_size=g.int(20, 40), n_positions=16, n_embd=8 * n_head, n_layer=2, n_head=n_head,
+               layer_norm_epsilon=1e-5)
+    state = {}
+    for k, shape in _gpt2_shapes(cfg).items():
+        if "ln" in k and k.endswith("weight"):
+            state[k] = 1.0 + 0.2 * g.randn(*shape)
+        else:
+            state[k] = (0.1 if k.endswith("bias") else 0.3) * g.randn(*shape)
+    V, T = cfg["vocab_size"], cfg["n_positions"]
+    inputs = [g.randint(0, V, (2, 7)), g.randint(0, V, (1, T)), g.randint(0, V, (3, 1))]
+    return {"config": cfg, "state": state, "inputs": inputs}
+
+
+def _write_gpt2_folder(cases: dict, folder: str) -> None:
+    import json
+    import os
+
+    from safetensors.torch import save_file
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "activation_function": "gelu_new",
+              **cases["config"]}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file({k: v.contiguous() for k, v in cases["state"].items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+@check_gpt2_logits.probe
+def _gpt2_probe(p, gpt2_logits, cases):
+    import tempfile
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        _write_gpt2_folder(cases, folder)
+        for ids in cases["inputs"]:
+            out.append(p.call(gpt2_logits, folder, ids))
+    return out
+
+
+def _gpt2_reference(cases: dict):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    with torch.random.fork_rng(devices=[]):
+        model = GPT2LMHeadModel(GPT2Config(**cases["config"], activation_function="gelu_new",
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    missing, unexpected = model.load_state_dict(cases["state"], strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model
+
+
+@check_gpt2_logits.judge
+def _gpt2_judge(r, cases, results):
+    model = _gpt2_reference(cases)
+    for ids, rec in zip(cases["inputs"], results):
+        with torch.no_grad():
+            want = model(ids).logits
+        what = f"gpt2_logits(folder, input_ids {tuple(ids.shape)})"
+        got = r.value(rec, what)
+        if got is None:
+            continue
+
+        def hint(g, ids=ids):
+            if g.shape != want.shape:
+                return "logits are (B, T, vocab_size): the head is the token embedding, transposed"
+            if ids.shape[1] > 1 and torch.allclose(g[:, 0].double(), want[:, 0].double(), atol=1e-4):
+                return ("position 0 is right, later ones are not: is the causal mask applied (and the right way "
+                        "round), are the position embeddings wpe[:T] added?")
+            return ""
+        r.close(got, want, what, atol=1e-4, rtol=1e-4, hint=hint)
+    r.check(not any(rec["mutated"] for rec in results), "gpt2_logits changed input_ids in place")

@@ -1,0 +1,1 @@
+"""Alignment: chat templates, supervised fine-tuning, LoRA (chapter 7)."""

@@ -333,7 +333,10 @@ class Llama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, *, caches: list | None = None,
-                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False):
+                cache_position: torch.Tensor | None = None, output_hidden_states: bool = False,
+                segment_ids: torch.Tensor | None = None):
+        """Logits (B, T, V). segment_ids (B, T): packed sequences, each token attends only to its own
+        segment (pass position_ids restarting at each segment too); not with caches."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
@@ -372,9 +375,14 @@ class Llama(nn.Module):
                 raise ValueError(f"position_ids must be in [0, {table or 'inf'}) for positions={c.positions!r}, "
                                  f"got values in [{lo}, {hi}]")
 
+        if segment_ids is not None and (caches is not None or not isinstance(segment_ids, torch.Tensor)
+                                        or segment_ids.shape != (B, T) or segment_ids.is_floating_point()):
+            raise ValueError(f"segment_ids must be an integer tensor of shape (B, T) = ({B}, {T}) and is not "
+                             f"used with caches; got {getattr(segment_ids, 'shape', type(segment_ids).__name__)}")
         mask, is_causal = None, True    # no padding, no cache: the fused causal kernel (training's path)
-        if attention_mask is not None or caches is not None:
-            mask, is_causal = build_attention_mask(attention_mask, cache_position, key_length), False
+        if attention_mask is not None or caches is not None or segment_ids is not None:
+            mask = build_attention_mask(attention_mask, cache_position, key_length, segment_ids=segment_ids)
+            is_causal = False
         rotary = None
         if self.rotary is not None:
             cos, sin = self.rotary(position_ids, dtype=self.wte.weight.dtype)      # (B|1, T, D) each

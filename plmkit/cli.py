@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("author", help="regenerate notebooks/ from solutions/")
     a.add_argument("--check", action="store_true", help="write nothing; exit 1 if notebooks/ is out of date")
     a.add_argument("--root", default=".", help="the book's root folder (default: .)")
+    a.add_argument("--tag-demos", action="store_true",
+                   help="first tag grade-skip every cell of solutions/ that grading does not need (metadata only)")
     a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
 
     c = sub.add_parser("class-edition", help="write the book's sources without solutions (make book SOLUTIONS=hide)")
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         from .grading.author import author
         from .grading.notebook import NotebookError
         try:
-            stale = author(args.root, check=args.check, chapters=args.chapters or None)
+            stale = author(args.root, check=args.check, chapters=args.chapters or None,
+                           tag_demos=args.tag_demos)
         except (NotebookError, FileNotFoundError) as err:
             print(f"plmkit author: {err}", file=sys.stderr)
             return 2

@@ -122,7 +122,9 @@ def test_grade_skip_tags_leave_every_exercise_what_it_needs(chapter):
     nb = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
     assert authoring.grading_gaps(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert any(authoring.GRADE_SKIP in c.metadata.get("tags", []) for c in code), "no demo cell is skipped"
+    assert any(authoring.GRADE_SKIP in c.metadata.get("tags", []) for c in code), (
+        f"{chapter}: no cell is tagged {authoring.GRADE_SKIP}: tag the demo cells (training, plots, widgets) "
+        "so that `plmkit grade` runs only the setup, exercise and check cells (book/authoring.md)")
 
 
 def test_a_skipped_cell_that_an_exercise_needs_is_reported():
@@ -192,3 +194,24 @@ def test_class_edition_sources_build_a_book_tree(tmp_path):
         authoring.write_class_edition(ROOT, ROOT)
     with pytest.raises(ValueError, match="outside the book's sources"):
         authoring.write_class_edition(ROOT, ROOT / "book")
+
+
+def test_tag_demo_cells_tags_exactly_what_grading_does_not_need():
+    nb = nbt.read(ROOT / "solutions" / "00_warmup.ipynb")
+    for cell in nb.cells:                       # start from an untagged chapter
+        if authoring.GRADE_SKIP in cell.metadata.get("tags", []):
+            cell.metadata["tags"].remove(authoring.GRADE_SKIP)
+    setup = next(c for c in nb.cells if c.cell_type == "code")
+    needed = nbformat.v4.new_code_cell("SCALE = 3.0")
+    nb.cells.insert(nb.cells.index(setup) + 1, needed)
+    ex = next(c for c in nb.cells if nbt.exercise_number(c.source) == "0.1")
+    ex.source = ex.source.replace("    e = z.exp()", "    e = (z * SCALE / SCALE).exp()")
+    n = authoring.tag_demo_cells(nb)
+    assert n > 0 and authoring.grading_gaps(nb) == []
+    skipped = lambda c: authoring.GRADE_SKIP in c.metadata.get("tags", [])  # noqa: E731
+    assert not skipped(setup) and not skipped(needed)
+    assert not any(skipped(c) for c in nb.cells if nbt.is_exercise(c) or nbt.is_check(c))
+    assert authoring.tag_demo_cells(nb) == 0    # idempotent
+    # the shipped chapter is tagged the same way
+    shipped = nbt.read(ROOT / "solutions" / "00_warmup.ipynb")
+    assert [skipped(c) for c in shipped.cells] == [skipped(c) for c in nb.cells if c is not needed]

@@ -142,3 +142,11 @@ def test_switching_the_detector_off_is_reported():
 
     v = warmup.check_softmax.honour(sneaky, seed=4)
     assert not v.passed and any("switched off" in r for r in v.reasons), v.text()
+
+
+def test_unrecordable_results_fail_their_exercise_only(tmp_path):
+    for bad in (lambda x, dim=-1: x.to(torch.complex64), lambda x, dim=-1: x.to(torch.float8_e4m3fn),
+                lambda x, dim=-1: torch.zeros(0)):
+        warmup.check_softmax.record(bad, seed=1, folder=tmp_path)
+        v = checks.judge_recorded("0.1", 1, tmp_path)
+        assert not v.passed and v.reasons, v.text()

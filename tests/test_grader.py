@@ -108,21 +108,14 @@ def test_a_wrong_answer_fails_only_its_exercise(tmp_path):
     assert "0.1" in verdicts(data)["0.1"] and verdicts(data)["0.1"].startswith("❌")
 
 
-def test_editing_expected_outputs_does_not_fake_a_pass(tmp_path):
+def test_editing_expected_outputs_or_check_cells_does_not_fake_a_pass(tmp_path):
     def edit(nb):
         for n in ALL:  # make every stored expected output match what the blank code prints
             check_cell(nb, n).outputs = [nbformat.v4.new_output(
                 "stream", name="stdout",
                 text=f"❌ Exercise {n} x: not attempted yet (your code still raises NotImplementedError)\n")]
-    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
-    assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
-
-
-def test_replacing_a_check_with_a_print_does_not_fake_a_pass(tmp_path):
-    def edit(nb):
-        for n in ALL:
-            expected = check_cell(nb, n).outputs[0]["text"]
-            check_cell(nb, n).source = f"# NBVAL_CHECK_OUTPUT\nprint({expected.strip()!r})"
+        for n in ALL[:2]:  # and replace two checks by a print of the passing verdict
+            check_cell(nb, n).source = f"# NBVAL_CHECK_OUTPUT\nprint('✅ Exercise {n}: 9/9 checks passed')"
     code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
     assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
 
@@ -134,30 +127,6 @@ def test_deleting_check_cells_changes_nothing(tmp_path):
     assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
     # the learner's notebook has no chapter name in its file name: metadata decides
     code, data = grade(variant(tmp_path, "solved-nochecks.ipynb", drop_checks, base=SOLVED), tmp_path)
-    assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
-
-
-def test_an_endless_loop_fails_its_exercise_and_the_rest_are_graded(tmp_path):
-    def edit(nb):
-        fill(nb, ALL)
-        exercise_cell(nb, "0.2").source = (
-            "# Exercise 0.2: log-softmax\n"
-            "def log_softmax(x, dim=-1):\n"
-            "    while True:\n"
-            "        pass\n")
-    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path, "--timeout", "15")
-    assert code == 1
-    assert outcomes(data) == {"0.1": True, "0.2": False, "0.3": True, "0.4": True}
-    assert "timed out after 15 s" in verdicts(data)["0.2"]
-    assert statuses(data)["0.2"] == "crash"
-
-
-def test_cells_are_matched_by_exercise_number_when_ids_change(tmp_path):
-    def edit(nb):
-        fill(nb, ALL)
-        for c in nb.cells:
-            c.id = "x" + c.id[:7]
-    code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
     assert code == 0 and outcomes(data) == dict.fromkeys(ALL, True)
 
 
@@ -300,3 +269,14 @@ def test_a_debug_print_in_an_honest_solution_keeps_full_points(tmp_path):
     code, data = grade(variant(tmp_path, f"{CH}.ipynb", edit), tmp_path)
     assert code == 0, verdicts(data)
     assert data["score"] == 4
+
+
+def test_no_kernel_is_an_unusable_setup_not_a_crash(tmp_path, capsys, monkeypatch):
+    from plmkit.grading import kernel
+
+    def broken(self):
+        raise FileNotFoundError("no such file: ipykernel_launcher")
+    monkeypatch.setattr(kernel.Kernel, "start", broken)
+    code, data = grade(SOLVED, tmp_path)
+    out = capsys.readouterr().out
+    assert code == 2 and "could not start a Jupyter kernel" in out and out.count("\n") == 1

@@ -100,3 +100,56 @@ def test_code_objects_unwrap():
     assert pn.LayerNorm.forward.__code__ in code_objects(pn.LayerNorm)
     with pytest.raises(TypeError):
         Guard([Rule("nothing", [42])])
+
+
+@torch.no_grad()
+def decorated_reference(x):
+    return x * 2
+
+
+@torch.no_grad()
+def innocent(x):
+    return x + 1
+
+
+def test_decorated_targets_are_unwrapped():
+    """@torch.no_grad() functions share one wrapper code object: only the inner code may be watched."""
+    rule = Rule("the decorated reference", [decorated_reference])
+    assert seen(innocent, rule) == []
+    assert seen(decorated_reference, rule) == ["the decorated reference"]
+    assert seen(functools.partial(decorated_reference), rule) == ["the decorated reference"]
+    assert seen(lambda x: decorated_reference(x), Rule("x", [torch.softmax]), allow=[innocent]) == []
+    # allowing one decorated function must not allow every decorated function
+    with Guard([rule], allow=[innocent]) as g:
+        decorated_reference(torch.zeros(2))
+    assert g.seen == ["the decorated reference"]
+
+
+def test_c_methods_are_seen_when_called_on_an_object():
+    from tokenizers import Tokenizer, models, trainers
+
+    rule = Rule("Hugging Face training", [Tokenizer.train_from_iterator])
+    tok, trainer = Tokenizer(models.BPE()), trainers.BpeTrainer(vocab_size=280, show_progress=False)
+    with Guard([rule]) as g:
+        method = tok.train_from_iterator
+        method(["hello hello world"], trainer=trainer)
+    assert g.seen == ["Hugging Face training"]
+    with Guard([Rule("softmax method", [torch.Tensor.softmax])]) as g:
+        torch.zeros(3).softmax(0)
+        torch.zeros(3).exp()
+    assert g.seen == ["softmax method"]
+
+
+def test_a_whole_module_is_watched_without_importing_it():
+    from plmkit.checks._guard import Module
+
+    assert Module("no_such_package_xyz").path() is None
+    rule = Rule("Hugging Face generation", [Module("transformers.generation")])
+    with Guard([rule]) as g:
+        from transformers.generation.logits_process import TopKLogitsWarper
+        TopKLogitsWarper(top_k=2)(None, torch.randn(1, 5))
+    assert g.seen == ["Hugging Face generation"]
+    with Guard([rule]) as g:
+        from transformers import PretrainedConfig
+        PretrainedConfig()
+    assert g.seen == []

@@ -102,10 +102,16 @@ print("✅ Exercise 0.3 cross_entropy: 11/11 checks passed")
 
 def test_patching_torch_comparisons_and_the_reference_called_directly(tmp_path):
     answers = {
-        # make every comparison succeed, in the kernel: allclose, equal, ==, isclose
+        # the reference, called directly
         "0.1": f"""{HEAD['0.1']}
-import torch
+from plmkit import basics
 def softmax(x, dim=-1):
+    return basics.softmax(x, dim=dim)
+""",
+        # make every comparison succeed, in the kernel: allclose, equal, ==, !=, isclose
+        "0.2": f"""{HEAD['0.2']}
+import torch
+def log_softmax(x, dim=-1):
     return x
 torch.allclose = lambda *a, **k: True
 torch.equal = lambda *a, **k: True
@@ -113,17 +119,13 @@ torch.isclose = lambda a, b, *r, **k: torch.ones_like(a, dtype=torch.bool)
 torch.Tensor.__eq__ = lambda self, other: True
 torch.Tensor.__ne__ = lambda self, other: False
 """,
-        "0.2": honest("0.2"),
-        # the reference, called directly: plmkit's and torch's
-        "0.3": f"""{HEAD['0.3']}
-from plmkit import basics
-def cross_entropy(logits, targets, ignore_index=-100):
-    return basics.cross_entropy(logits, targets, ignore_index=ignore_index)
-""",
+        # honest, and it compares tensors (targets != ignore_index): it must not inherit the patch
+        "0.3": honest("0.3"),
         "0.4": honest("0.4"),
     }
     result = run_grader(notebook(tmp_path, answers), tmp_path)
-    assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 1}, result
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 1}, result
+    assert "reference" in " ".join(result["0.1"]["reasons"])
 
 
 def test_the_reference_by_alias_partial_and_wrapper(tmp_path):

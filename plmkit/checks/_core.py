@@ -75,6 +75,8 @@ class NotPlain(TypeError):
 
 
 _SCALARS = (bool, int, float, str, type(None))
+_RECORDABLE = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+               torch.bfloat16, torch.float32, torch.float64}             # what safetensors stores
 
 
 def to_plain(value: Any, depth: int = 0) -> Any:
@@ -93,6 +95,9 @@ def to_plain(value: Any, depth: int = 0) -> Any:
             raise NotPlain(f"a {t.__name__} (a subclass of torch.Tensor); return a plain torch.Tensor")
         if value.layout != torch.strided or value.device.type == "meta":
             raise NotPlain(f"a tensor with layout {value.layout} on {value.device}; return a dense tensor")
+        if value.dtype not in _RECORDABLE:
+            raise NotPlain(f"a tensor of dtype {value.dtype}; expected bool, an integer dtype or "
+                           f"float16 / bfloat16 / float32 / float64")
         return _plain_tensor(value)
     if isinstance(value, bool):
         return bool(value)
@@ -403,6 +408,9 @@ class Report:
                 self.fail(f"{what} raised {raised}")
             return None
         v = rec.get("value")
+        if v is None:
+            self.fail(f"{what} returned None: did you forget the `return`?")
+            return None
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
             names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.fail(f"{what}: expected {names}, got {_type_name(v)}")
@@ -626,6 +634,8 @@ class Exercise:
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")
+        if not r.failures and r.total == 0:
+            r.fail("nothing could be checked")
         if not r.failures:
             return Verdict(True, f"{PASS} {self.head}: {r.total}/{r.total} checks passed")
         passed = max(r.total - len(r.failures), 0)
@@ -659,7 +669,12 @@ class Exercise:
             meta, tensors = encode({**record, "results": None, "probe_error": f"NotPlain: {e}"})
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        try:
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
+        except Exception as e:  # noqa: BLE001 - an unrecordable result fails its exercise, not the cell
+            meta, tensors = encode({**record, "results": None,
+                                    "probe_error": f"the results could not be recorded: {type(e).__name__}: {e}"})
+            save_file(tensors, str(folder / f"{self.exercise}.safetensors"))
         (folder / f"{self.exercise}.json").write_text(json.dumps(meta))
         line = f"{RECORDED} {self.head}: answers recorded for grading"
         print(line)

@@ -35,15 +35,20 @@ Writing the rules of an exercise::
     guard.seen        # ["torch's softmax (...)"]: the rules broken, in order, each once
 
 A target may be a Python function or method (its code object is watched; a
-``functools.partial``, ``staticmethod`` or bound method is unwrapped), a class
-(its ``__init__`` and ``forward``), a C builtin (watched by identity) or an
-ATen operator (``aten._softmax`` or ``aten._softmax.default``; every overload
-of the packet counts). The guard only *records*; the checker decides.
+``functools.partial``, ``staticmethod``, bound method or decorator is unwrapped),
+a class (its ``__init__``, ``forward`` and ``__call__``), a C builtin or C method
+(``tokenizers.Tokenizer.train_from_iterator``: watched by identity, including
+when called as ``tok.train_from_iterator(...)``), an ATen operator
+(``aten._softmax`` or ``aten._softmax.default``; every overload of the packet
+counts) or ``Module("transformers.generation")``: every Python function whose
+code lives in that module or package, resolved without importing it. The guard
+only *records*; the checker decides.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import types
 from dataclasses import dataclass, field
@@ -54,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-__all__ = ["Rule", "Guard", "aten", "aten_ops", "code_objects"]
+__all__ = ["Rule", "Guard", "Module", "aten", "aten_ops", "code_objects"]
 
 
 def aten_ops(*names: str) -> list:
@@ -79,7 +84,13 @@ class Rule:
 
 
 def code_objects(target: Any) -> list[types.CodeType]:
-    """The code objects that running `target` executes first (empty for C functions)."""
+    """The code objects that running `target` executes (empty for C functions).
+
+    Decorated functions are unwrapped (``__wrapped__``): every ``@torch.no_grad()``
+    function shares one wrapper code object, which must never be watched itself.
+    """
+    if callable(target) and hasattr(target, "__wrapped__") and not inspect.isclass(target):
+        target = inspect.unwrap(target)
     if isinstance(target, functools.partial):
         return code_objects(target.func)
     if isinstance(target, (staticmethod, classmethod)):
@@ -97,6 +108,29 @@ def code_objects(target: Any) -> list[types.CodeType]:
         return found
     code = getattr(target, "__code__", None)
     return [code] if isinstance(code, types.CodeType) else []
+
+
+@dataclass(frozen=True)
+class Module:
+    """Every function of a module (or package), by where its code lives: ``Module("transformers.generation")``.
+
+    Resolved without importing the module, so a checker can forbid a library that
+    is expensive to import; code that the learner imports later is still seen.
+    """
+
+    name: str
+
+    def path(self) -> str | None:
+        import importlib.util
+        top, _, rest = self.name.partition(".")
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return spec.origin if spec is not None and not rest else None
+        base = list(spec.submodule_search_locations)[0]
+        return os.path.join(base, *rest.split(".")) if rest else base + os.sep
 
 
 def _aten_packet(target: Any):
@@ -131,21 +165,31 @@ class Guard:
         self._by_code: dict[types.CodeType, Rule] = {}
         self._by_builtin: dict[int, Rule] = {}
         self._by_packet: dict[Any, Rule] = {}
+        self._by_method: dict[str, dict[int, Rule]] = {}   # C methods: name -> id(descriptor) -> rule
+        self._by_path: list[tuple[str, Rule]] = []
+        self._path_seen: dict[types.CodeType, Rule | None] = {}
         self._keep: list[Any] = []                     # keep builtins alive: ids must stay unique
         for rule in self.rules:
             for t in rule.targets:
                 packet = _aten_packet(t)
-                codes = code_objects(t)
-                if packet is not None:
+                codes = [] if isinstance(t, Module) else code_objects(t)
+                if isinstance(t, Module):
+                    path = t.path()
+                    if path:
+                        self._by_path.append((path, rule))
+                elif packet is not None:
                     self._by_packet[packet] = rule
                 elif codes:
                     for c in codes:
                         self._by_code[c] = rule
                 elif callable(t):
                     self._by_builtin[id(t)] = rule
+                    if getattr(t, "__objclass__", None) is not None:      # a C method: x.method(...)
+                        self._by_method.setdefault(t.__name__, {})[id(t)] = rule
                     self._keep.append(t)
                 else:
-                    raise TypeError(f"cannot watch {t!r}: give a function, a class, a builtin or an aten op")
+                    raise TypeError(f"cannot watch {t!r}: give a function, a class, a builtin, an aten op "
+                                    f"or a Module")
         self._allowed = {c for a in allow for c in code_objects(a)}
         self.seen: list[str] = []
         self.switched_off = False
@@ -164,13 +208,34 @@ class Guard:
         if rule.what not in self.seen and not self._inside_allowed(frame):
             self.seen.append(rule.what)
 
+    def _in_module(self, code: types.CodeType) -> Rule | None:
+        if code not in self._path_seen:
+            file = code.co_filename
+            self._path_seen[code] = next((rule for path, rule in self._by_path if file.startswith(path)), None)
+        return self._path_seen[code]
+
+    def _c_method(self, fn) -> Rule | None:
+        """`x.method` arrives as a new bound builtin: find the descriptor it came from, by identity."""
+        watched = self._by_method.get(getattr(fn, "__name__", None))
+        owner = getattr(fn, "__self__", None)
+        if not watched or owner is None or inspect.ismodule(owner):
+            return None
+        for cls in type(owner).__mro__:
+            if fn.__name__ in cls.__dict__:
+                return watched.get(id(cls.__dict__[fn.__name__]))
+        return None
+
     def _profile(self, frame, event, arg):
         if event == "call":
             rule = self._by_code.get(frame.f_code)
+            if rule is None and self._by_path:
+                rule = self._in_module(frame.f_code)
             if rule is not None:
                 self._hit(rule, frame.f_back)
         elif event == "c_call":
             rule = self._by_builtin.get(id(arg))
+            if rule is None and self._by_method:
+                rule = self._c_method(arg)
             if rule is not None:
                 self._hit(rule, frame)
 

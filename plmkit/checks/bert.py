@@ -27,7 +27,7 @@ from ..models.bert import BertConfig, parameter_count
 from ..objectives import mlm as _mlm
 from ..objectives import pairs as _pairs_lib
 from ._core import Exercise, reference_grads
-from ._guard import Rule
+from ._guard import Module, Rule
 
 IGNORE = -100
 
@@ -111,7 +111,9 @@ def _embed_judge(r, cases, results):
 # ----------------------------------------------------------------------------- 3.2
 
 check_mask_tokens = Exercise("3.2", "mask_tokens", goal="selects and replaces the tokens itself",
-                             forbid=[Rule("plmkit's `objectives.mask_tokens`", [_mlm.mask_tokens])])
+                             forbid=[Rule("plmkit's `objectives.mask_tokens`", [_mlm.mask_tokens]),
+                                     Rule("Hugging Face's `DataCollatorForLanguageModeling`",
+                                          [Module("transformers.data.data_collator")])])
 
 
 def _mlm_batch(g, B: int, T: int, V: int, pad: int, cls: int, sep: int) -> torch.Tensor:
@@ -205,7 +207,8 @@ def _mask_judge(r, c, results):
 # ----------------------------------------------------------------------------- 3.3
 
 check_mlm_loss = Exercise("3.3", "mlm_loss", goal="computes the loss over the selected positions itself",
-                          forbid=[Rule("plmkit's `objectives.mlm_loss`", [_mlm.mlm_loss])])
+                          forbid=[Rule("plmkit's `objectives.mlm_loss`", [_mlm.mlm_loss]),
+                                  Rule("Hugging Face's loss functions (`transformers.loss`)", [Module("transformers.loss")])])
 
 
 @check_mlm_loss.cases
@@ -369,7 +372,9 @@ check_albert_param_count = Exercise(
     forbid=[Rule("plmkit's `bert.parameter_count` (or building a plmkit BERT to count it)",
                  [parameter_count, _bert._Base, _bert.BertModel, _bert.BertEmbeddings]),
             Rule("`Module.parameters()` on a model built to be counted", [nn.Module.parameters,
-                                                                          nn.Module.named_parameters])])
+                                                                          nn.Module.named_parameters]),
+            Rule("a Hugging Face model built to be counted", [Module("transformers.models"),
+                                                              Module("transformers.modeling_utils")])])
 
 
 @check_albert_param_count.cases

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from .. import generate as _gen
 from ..objectives import clm as _clm
 from ._core import Exercise, reference_grads
-from ._guard import Rule
+from ._guard import Module, Rule
 from .transformer import causal_mask_checker
 
 IGNORE = -100
+HF_GENERATION = Rule("Hugging Face's generation utilities (`transformers.generation`: logits warpers, beam search)",
+                     [Module("transformers.generation")])
+HF_LOSS = Rule("Hugging Face's loss functions (`transformers.loss`, e.g. `ForCausalLMLoss`)", [Module("transformers.loss")])
 
 
 def _logit_shapes(g, scale: float = 1.0) -> list[torch.Tensor]:
@@ -49,7 +52,7 @@ check_causal_mask = causal_mask_checker("4.1")
 # ----------------------------------------------------------------------------- 4.2
 
 check_clm_loss = Exercise("4.2", "clm_loss", goal="shifts the labels itself",
-                          forbid=[Rule("plmkit's `clm.clm_loss`", [_clm.clm_loss])])
+                          forbid=[Rule("plmkit's `clm.clm_loss`", [_clm.clm_loss]), HF_LOSS])
 
 
 @check_clm_loss.cases
@@ -156,7 +159,7 @@ def _ppl_judge(r, cases, results):
 check_temperature_softmax = Exercise(
     "4.4", "temperature_softmax", goal="scales the logits itself",
     forbid=[Rule("plmkit's `generate.temperature_softmax` / `apply_temperature` / `sample_next`",
-                 [_gen.temperature_softmax, _gen.apply_temperature, _gen.sample_next])])
+                 [_gen.temperature_softmax, _gen.apply_temperature, _gen.sample_next]), HF_GENERATION])
 
 
 @check_temperature_softmax.cases
@@ -214,7 +217,7 @@ def _temp_judge(r, cases, results):
 
 check_top_k_filter = Exercise("4.5", "top_k_filter", goal="filters the logits itself",
                               forbid=[Rule("plmkit's `generate.top_k_filter` / `sample_next`",
-                                           [_gen.top_k_filter, _gen.sample_next])])
+                                           [_gen.top_k_filter, _gen.sample_next]), HF_GENERATION])
 
 
 @check_top_k_filter.cases
@@ -267,7 +270,7 @@ def _topk_judge(r, cases, results):
 
 check_top_p_filter = Exercise("4.6", "top_p_filter", goal="filters the logits itself",
                               forbid=[Rule("plmkit's `generate.top_p_filter` / `sample_next`",
-                                           [_gen.top_p_filter, _gen.sample_next])])
+                                           [_gen.top_p_filter, _gen.sample_next]), HF_GENERATION])
 
 
 @check_top_p_filter.cases
@@ -316,7 +319,7 @@ def _topp_judge(r, cases, results):
 # ----------------------------------------------------------------------------- 4.7
 
 check_beam_search_step = Exercise("4.7", "beam_search_step", goal="ranks the candidates itself",
-                                  forbid=[Rule("plmkit's `generate.beam_search_step`", [_gen.beam_search_step])])
+                                  forbid=[Rule("plmkit's `generate.beam_search_step`", [_gen.beam_search_step]), HF_GENERATION])
 
 
 @check_beam_search_step.cases
@@ -363,7 +366,7 @@ def _beam_judge(r, cases, results):
 
 check_best_hypothesis = Exercise("4.8", "best_hypothesis", goal="scores the hypotheses itself",
                                  forbid=[Rule("plmkit's `generate.best_hypothesis` / `beam_score`",
-                                              [_gen.best_hypothesis, _gen.beam_score])])
+                                              [_gen.best_hypothesis, _gen.beam_score]), HF_GENERATION])
 
 
 @check_best_hypothesis.cases

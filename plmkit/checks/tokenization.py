@@ -18,9 +18,24 @@ from functools import lru_cache
 from ..tokenize import bpe as _bpe
 from ..tokenize import wordpiece as _wp
 from ._core import Exercise
-from ._guard import Rule
+from ._guard import Module, Rule
 
 _BPE_TRAINERS = Rule("plmkit's BPE trainer (`bpe.train_merges`)", [_bpe.train_merges, _bpe.train_merges_naive])
+
+
+def _hf_tokenizer_rules() -> list[Rule]:
+    """Hugging Face's tokenizers and SentencePiece: training, encoding, the transformers wrappers."""
+    from tokenizers import Tokenizer
+    return [Rule("Hugging Face's `tokenizers` (`Tokenizer.train` / `encode`) or SentencePiece",
+                 [Tokenizer.train_from_iterator, Tokenizer.train, Tokenizer.encode, Tokenizer.encode_batch,
+                  Module("sentencepiece")]),
+            Rule("a Hugging Face `transformers` tokenizer",
+                 [Module("transformers.tokenization_utils"), Module("transformers.tokenization_utils_base"),
+                  Module("transformers.tokenization_utils_fast"), Module("transformers.models.bert.tokenization_bert"),
+                  Module("transformers.models.gpt2.tokenization_gpt2")])]
+
+
+_HF = _hf_tokenizer_rules()
 
 
 def _random_ids(g, length: int, alphabet: int) -> list[int]:
@@ -42,7 +57,7 @@ def _calls(p, fn, cases) -> list[dict]:
 # ----------------------------------------------------------------------------- 1.1
 
 check_count_pairs = Exercise("1.1", "count_pairs", goal="counts the pairs itself",
-                             forbid=[Rule("plmkit's `bpe.count_pairs`", [_bpe.count_pairs]), _BPE_TRAINERS])
+                             forbid=[Rule("plmkit's `bpe.count_pairs`", [_bpe.count_pairs]), _BPE_TRAINERS, *_HF])
 
 
 @check_count_pairs.cases
@@ -84,7 +99,7 @@ def _count_judge(r, cases, results):
 
 check_merge = Exercise("1.2", "merge", goal="replaces the pair itself",
                        forbid=[Rule("plmkit's `bpe.merge` / `bpe.encode_ids`", [_bpe.merge, _bpe.encode_ids]),
-                               _BPE_TRAINERS])
+                               _BPE_TRAINERS, *_HF])
 
 
 @check_merge.cases
@@ -123,7 +138,7 @@ def _merge_judge(r, cases, results):
 
 # ----------------------------------------------------------------------------- 1.3
 
-check_train_bpe = Exercise("1.3", "train_bpe", goal="runs the BPE training loop itself", forbid=[_BPE_TRAINERS])
+check_train_bpe = Exercise("1.3", "train_bpe", goal="runs the BPE training loop itself", forbid=[_BPE_TRAINERS, *_HF])
 
 
 @check_train_bpe.cases
@@ -197,7 +212,7 @@ def _pydoc_merges() -> tuple[str, tuple[tuple[tuple[int, int], int], ...]]:
 
 check_encode = Exercise("1.4", "encode", goal="applies the merges itself",
                         forbid=[Rule("plmkit's `bpe.encode_ids` / `ByteLevelBPE`",
-                                     [_bpe.encode_ids, _bpe.ByteLevelBPE.encode]), _BPE_TRAINERS])
+                                     [_bpe.encode_ids, _bpe.ByteLevelBPE.encode]), _BPE_TRAINERS, *_HF])
 
 
 @check_encode.cases
@@ -266,7 +281,7 @@ _WORDS = ("tokenization", "unbelievably", "transformers", "hippopotamus", "pretr
 
 check_wordpiece = Exercise("1.5", "wordpiece", goal="runs greedy longest-match itself",
                            forbid=[Rule("plmkit's `wordpiece_word` / `WordPiece`",
-                                        [_wp.wordpiece_word, _wp.WordPiece])])
+                                        [_wp.wordpiece_word, _wp.WordPiece]), *_HF])
 
 
 @check_wordpiece.cases

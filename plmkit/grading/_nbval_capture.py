@@ -1,5 +1,6 @@
-"""A pytest plugin the grader loads next to nbval: it records, for every
-notebook cell nbval runs, whether it passed and what it printed."""
+"""A pytest plugin that `honour.run_nbval` loads next to nbval: it records, for every
+notebook cell nbval runs, whether it passed and what it printed (the book's notebook
+tests use it; `plmkit grade` does not)."""
 from __future__ import annotations
 
 import json

@@ -133,6 +133,31 @@ def grading_gaps(nb) -> list[str]:
     return problems
 
 
+def tag_demo_cells(nb) -> int:
+    """Tag ``grade-skip`` every code cell the grader does not need; return how many were tagged.
+
+    Kept untagged: the first code cell (the setup), exercise and check cells, and any
+    cell that defines a name an exercise or check cell (or another kept cell) reads.
+    """
+    graded = {ex.cell_index for ex in nbt.exercises(nb)}
+    graded |= {i for ex in nbt.exercises(nb) for i in ex.check_indices}
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    tagged = 0
+    for i in reversed(code[1:]):                 # later cells first: their needs are known sooner
+        cell = nb.cells[i]
+        tags = _tags(cell)
+        if i in graded or GRADE_SKIP in tags:
+            continue
+        cell.metadata["tags"] = tags + [GRADE_SKIP]
+        if grading_gaps(nb):
+            cell.metadata["tags"] = tags
+            if not tags:
+                del cell.metadata["tags"]
+        else:
+            tagged += 1
+    return tagged
+
+
 def make_exercise_notebook(solution, chapter: str):
     """Return the learner's notebook for a (prepared) solution notebook."""
     nbt.exercises(solution)  # validates the structure
@@ -222,10 +247,13 @@ def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
     return chapters
 
 
-def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None) -> list[str]:
+def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None,
+           tag_demos: bool = False) -> list[str]:
     """Regenerate notebooks/ under `root`; return the chapters whose notebook changed (or would).
 
     With `check=True` nothing is written: the return value lists what is out of date.
+    With `tag_demos=True` the solutions' demo cells are first tagged ``grade-skip``
+    (`tag_demo_cells`; metadata only, outputs untouched).
     """
     root = Path(root)
     src_dir, out_dir = root / "solutions", root / "notebooks"
@@ -239,7 +267,10 @@ def author(root: str | Path = ".", check: bool = False, chapters: list[str] | No
         if chapters and chapter not in chapters:
             continue
         sol = nbt.read(src)
-        if prepare_solution(sol, chapter):
+        changed = prepare_solution(sol, chapter)
+        if tag_demos and tag_demo_cells(sol):
+            changed = True
+        if changed:
             stale.append(f"solutions/{chapter}.ipynb")
             if not check:
                 nbt.write(sol, src)

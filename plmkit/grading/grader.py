@@ -190,6 +190,10 @@ def find_answers(pristine, exercises: list[nbt.Exercise], learner) -> dict[str, 
 
 # ============================================================================ phase one: the kernel
 
+class KernelStartError(RuntimeError):
+    """No Jupyter kernel could be started (ipykernel missing or broken): exit code 2."""
+
+
 @dataclass
 class Step:
     index: int                         # position in the pristine notebook
@@ -248,7 +252,11 @@ class _Session:
         """A fresh kernel with a fresh seed, the replayed cells run; False if that failed."""
         self.seed = secrets.randbelow(2**31 - 1) + 1
         self.kernel = Kernel(self.folder, self._env(), self.timeout)
-        self.kernel.start()
+        try:
+            self.kernel.start()
+        except Exception as e:  # noqa: BLE001 - no kernel at all: the notebook cannot be graded
+            self.kernel = None
+            raise KernelStartError(f"could not start a Jupyter kernel: {type(e).__name__}: {e}") from e
         for source in self.replay:
             out = self.kernel.run(source)
             if not out.ok:
@@ -325,21 +333,16 @@ class _Session:
     def run(self) -> None:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         broken = False
-        for k, step in enumerate(self.steps):
+        for step in self.steps:
             number = step.number
             if number is not None and number in self.results:
                 continue                               # its exercise already failed
             answer = self.answers.get(number) if number else None
             if answer is not None and answer.problem and step.role == "check":
                 continue
-            if broken:
-                if number is not None:
-                    self.results[number] = self._failed(
-                        number, "❌ not graded: the kernel could not be set up again after an earlier crash",
-                        NOT_GRADED)
-                continue
-            if self.kernel is None and not self._start():
+            if not broken and self.kernel is None and not self._start():
                 broken = True
+            if broken:
                 if number is not None:
                     self.results[number] = self._failed(
                         number, "❌ not graded: the kernel could not be set up again after an earlier crash",
@@ -443,6 +446,8 @@ def grade_one(path: str | Path, reference=None, timeout: int = DEFAULT_TIMEOUT, 
         session = _Session(plan(composite, exercises, answers), exercises, answers, timeout, folder, judge)
         try:
             session.run()
+        except KernelStartError as e:
+            return NotebookResult(str(path), chapter, error=str(e))
         finally:
             session.close()
     result = NotebookResult(str(path), chapter, notes=session.notes)

@@ -191,7 +191,10 @@ def render_always_prompt(messages, add_generation_prompt=False):
 
 
 def render_no_header_newline(messages, add_generation_prompt=False):
-    return render_chat(messages, add_generation_prompt).replace("|>\n", "|>")
+    text = render_chat(messages, add_generation_prompt)
+    for role in ("system", "user", "assistant"):
+        text = text.replace(f"<|{role}|>\n", f"<|{role}|>")
+    return text
 
 
 def render_in_place(messages, add_generation_prompt=False):
@@ -301,10 +304,10 @@ class LoRAMergeTransposed(LoRALinear):
         self.merged = True
 
 
-def em_keeps_end(generations, answers, end_id):
+def em_off_by_one(generations, answers, end_id):
     hits = 0
     for gen, ans in zip(generations, answers):
-        cut = gen.index(end_id) + 1 if end_id in gen else len(gen)
+        cut = gen.index(end_id) - 1 if end_id in gen else len(gen)
         hits += gen[:cut] == ans
     return hits / len(answers)
 
@@ -350,9 +353,9 @@ MUTANTS = [
     (checks.check_lora_linear, LoRARandomB, "B starts at zero"),
     (checks.check_lora_linear, LoRABaseTrainable, "freeze the base layer"),
     (checks.check_lora_linear, LoRAMergeTwice, "must not be added again"),
-    (checks.check_exact_match, em_keeps_end, "leave the id out"),
+    (checks.check_exact_match, em_off_by_one, None),
     (checks.check_exact_match, em_prefix, "merely starts with"),
-    (checks.check_exact_match, em_whole, "compare the cut generation"),
+    (checks.check_exact_match, em_whole, "cut each generation"),
     (checks.check_exact_match, em_last_end, None),
     (checks.check_exact_match, em_count, None),
 ]

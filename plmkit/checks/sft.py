@@ -201,7 +201,7 @@ def _loss_judge(r, cases, results):
     for c, rec in zip(cases, results):
         logits, labels = c["args"]
         want = _loss_ref(logits, labels)
-        got = r.value(rec, c["what"])
+        got = r.value(rec, c["what"], torch.Tensor)
         if got is None:
             continue
 
@@ -378,7 +378,8 @@ def _em_cases(g):
             gens.append(gen)
             answers.append(ans)
         cases.append((gens, answers))
-    return cases + [([[9, 10, END], [11, END, 12], [11, 12, END]], [[9, 10], [11, 12], [11, 12]])]
+    return cases + [([[9, 10, END], [11, END, 12], [11, 12, END, END], [13, END, 13, END], [14, 15], [14, 15, 16, END]],
+                     [[9, 10], [11, 12], [11, 12], [13], [14, 15], [14, 15]])]
 
 
 @check_exact_match.probe
@@ -392,23 +393,23 @@ def _em_ref(gens, answers):
 
 @check_exact_match.judge
 def _em_judge(r, cases, results):
+    got_all, first_failure = [], None
     for (gens, answers), rec in zip(cases, results):
         want = _em_ref(gens, answers)
         what = f"exact_match_score over {len(answers)} generations"
         got = r.value(rec, what, float)
-        if got is None:
-            continue
-        ok = r.check(abs(got - want) < 1e-9, f"{what}: expected {want:.4f}, got {got:.4f}")
-        if not ok:
-            guesses = {
-                "cut each generation at its FIRST end-of-turn id, and leave the id out":
-                    sum(g[:len(a) + 1] == a + [END] for g, a in zip(gens, answers)) / len(answers),
-                "a generation that merely starts with the answer is not an exact match":
-                    sum(g[:len(a)] == a for g, a in zip(gens, answers)) / len(answers),
-                "compare the cut generation, not the whole generation":
-                    sum(g == a for g, a in zip(gens, answers)) / len(answers),
-            }
-            h = next((n for n, v in guesses.items() if abs(v - got) < 1e-9 and abs(v - want) > 1e-9), "")
-            if h:
-                r.failures[-1] += f" ({h})"
+        got_all.append(got)
+        if got is not None and not r.check(abs(got - want) < 1e-9, f"{what}: expected {want:.4f}, got {got:.4f}"):
+            first_failure = len(r.failures) - 1 if first_failure is None else first_failure
     r.check(not any(rec["mutated"] for rec in results), "exact_match_score changed its inputs in place")
+    if first_failure is None:
+        return
+    guesses = {     # a bug is named when it explains every case
+        "a generation that merely starts with the answer is not an exact match": lambda g, a: g[:len(a)] == a,
+        "cut each generation at its first end-of-turn id before comparing": lambda g, a: g == a,
+    }
+    for name, match in guesses.items():
+        if all(got is not None and abs(got - sum(match(g, a) for g, a in zip(gens, answers)) / len(answers)) < 1e-9
+               for got, (gens, answers) in zip(got_all, cases)):
+            r.failures[first_failure] += f" ({name})"
+            break

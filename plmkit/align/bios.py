@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 
 __all__ = ["ATTRIBUTES", "TEMPLATES", "QUESTIONS", "MAX_VARIETY", "make_people", "biography", "qa_pairs",
-           "corpus_words", "bio_batch"]
+           "corpus_words", "bio_batch", "qa_conversations", "split_people", "multi_turn_conversations"]
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
 
@@ -168,3 +168,31 @@ def bio_batch(tokenizer, people: list[dict], rng: random.Random, variety: int, b
         rows[i, :len(ids)] = torch.tensor(ids)
         targets[i, :len(ids)] = rows[i, :len(ids)]
     return rows[:, :-1], targets[:, 1:]
+
+
+def qa_conversations(people: list[dict]) -> list[list[dict]]:
+    """One single-turn conversation per (person, fact): the SFT data of chapter 7."""
+    return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            for p in people for q, a in qa_pairs(p)]
+
+
+def split_people(people: list[dict], seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Two halves, shuffled with `seed`: the people SFT sees, and the people it is tested on."""
+    order = list(range(len(people)))
+    random.Random(seed).shuffle(order)
+    half = len(people) // 2
+    return [people[i] for i in order[:half]], [people[i] for i in order[half:]]
+
+
+def multi_turn_conversations(people: list[dict], rng: random.Random, max_turns: int = 3) -> list[list[dict]]:
+    """Each person's five question-answer pairs, shuffled and grouped into conversations of 1..max_turns turns."""
+    out = []
+    for p in people:
+        pairs = qa_pairs(p)
+        rng.shuffle(pairs)
+        while pairs:
+            k = rng.randint(1, max_turns)
+            turn, pairs = pairs[:k], pairs[k:]
+            out.append([m for q, a in turn for m in ({"role": "user", "content": q},
+                                                      {"role": "assistant", "content": a})])
+    return out

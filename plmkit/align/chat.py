@@ -11,8 +11,9 @@
 Every message is a role header (a special token and a newline), the content,
 the end-of-turn token ``<|end|>`` and a newline. ``add_generation_prompt``
 appends the assistant header, so that the model's next tokens are its answer.
-The same template is written in Jinja (:data:`CHAT_TEMPLATE`) and stored in the
-tokenizer's config by :func:`save_tokenizer`, so that Hugging Face's
+The same template is written in Jinja (:data:`CHAT_TEMPLATE`) and saved with the
+tokenizer by :func:`save_tokenizer` (transformers 4.57 writes it to
+``chat_template.jinja`` and reads it back), so that Hugging Face's
 ``tokenizer.apply_chat_template(messages, tokenize=False)`` gives exactly
 :func:`render`'s text.
 
@@ -107,7 +108,7 @@ def hf_tokenizer(tokenizer):
 
 
 def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
-    """Write tokenizer.json, tokenizer_config.json (with ``chat_template``) and special_tokens_map.json."""
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the chat template."""
     hf_tokenizer(tokenizer).save_pretrained(directory)
 
 

@@ -24,7 +24,7 @@ from .chat import END_OF_TURN, render, render_segments
 IGNORE_INDEX = -100
 
 __all__ = ["IGNORE_INDEX", "encode_conversation", "sft_loss", "pad_batch", "pack", "sft_loss_fn",
-           "extract_answer", "exact_match", "answer", "answer_batch"]
+           "extract_answer", "exact_match", "answer", "answer_batch", "finetune", "qa_accuracy"]
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -195,3 +195,56 @@ def answer_batch(model, tokenizer, questions: list[str], max_new_tokens: int = 8
 def answer(model, tokenizer, question: str, max_new_tokens: int = 8) -> str:
     """The greedy answer to one question (see :func:`answer_batch`)."""
     return answer_batch(model, tokenizer, [question], max_new_tokens)[0]
+
+
+# ----------------------------------------------------------------------------- the whole recipe
+
+def finetune(model, tokenizer, conversations: list[list[dict]], *, epochs: float = 3.0, lr: float = 1e-3,
+             rows_per_batch: int = 16, max_length: int = 128, response_only: bool = True, seed: int = 0,
+             weight_decay: float = 0.0, progress: bool = False):
+    """Supervised fine-tuning of `model` on `conversations` with the chapter-4 Trainer; returns the Trainer.
+
+    Each epoch shuffles the conversations (with `seed`), packs them into rows of
+    `max_length` tokens and walks through the rows `rows_per_batch` at a time.
+    Only parameters with ``requires_grad`` train (so a model with LoRA adapters
+    trains only its adapters). Warm-up over the first 5% of steps, then cosine decay.
+    """
+    import random
+
+    from ..train import Trainer
+
+    if not conversations:
+        raise ValueError("conversations must be a non-empty list")
+    if not epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    pad_id = tokenizer.token_to_id("<pad>")
+    examples = [encode_conversation(tokenizer, c, response_only=response_only) for c in conversations]
+    rng = random.Random(seed)
+
+    def batches():
+        while True:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            packed = pack([examples[i] for i in order], max_length, pad_id)
+            R = packed["input_ids"].shape[0]
+            for s in range(0, R - rows_per_batch + 1, rows_per_batch):
+                yield {k: v[s:s + rows_per_batch] for k, v in packed.items()}
+
+    rows = pack(examples, max_length, pad_id)["input_ids"].shape[0]
+    steps = max(1, round(epochs * rows / rows_per_batch))
+    stream = batches()
+    torch.manual_seed(seed)
+    trainer = Trainer(model, lambda: next(stream), max_steps=steps, loss_fn=sft_loss_fn, lr=lr,
+                      warmup_steps=max(1, steps // 20), weight_decay=weight_decay, device="cpu", precision="fp32",
+                      progress=progress, log_every=max(1, steps // 20))
+    trainer.fit()
+    model.eval()
+    return trainer
+
+
+def qa_accuracy(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 256) -> float:
+    """Exact-match accuracy of greedy chat answers on (question, answer) pairs."""
+    predictions = []
+    for s in range(0, len(pairs), batch_size):
+        predictions += answer_batch(model, tokenizer, [q for q, _ in pairs[s:s + batch_size]])
+    return exact_match(predictions, [a for _, a in pairs])

@@ -3,13 +3,15 @@
 Parts (each a list of `plmkit.align.study.sft_run` results):
     headline  base = bios-llama (5 phrasings, shuffled) and bios-llama-v1 (1 phrasing), seeds 0..2
     loss      response-only loss vs loss on every token (bios-llama), seeds 0..2
-    lora      full fine-tuning vs LoRA ranks 1, 2, 4, 8, 16 on q_proj and v_proj (bios-llama), seed 0
-    examples  SFT on 25, 50, 100, 250, 500 people (bios-llama), seed 0
+    lora      LoRA ranks 1, 4, 16 on q_proj and v_proj (bios-llama), seed 0 (full fine-tuning: headline)
+    examples  SFT on 50, 150, 500 people (bios-llama), seed 0
+Every run is scored on the 5 questions about each of 100 people SFT saw and 100 it did not.
 
 Writes one labelled JSON (command, date, device, seeds, git commit, settings, results) that
 solutions/07_sft.ipynb loads and plots.
 
-    OMP_NUM_THREADS=1 python experiments/sft_study.py --out experiments/sft_study.json      # the full study
+    OMP_NUM_THREADS=1 python experiments/sft_study.py --parts headline --out experiments/sft_headline.json
+    OMP_NUM_THREADS=1 python experiments/sft_study.py --parts lora examples loss --out experiments/sft_study.json
     python experiments/sft_study.py --smoke --out /tmp/smoke.json                            # CI: seconds
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from plmkit.align.study import sft_run  # noqa: E402
 
 CK = ROOT / "checkpoints"
-FULL = dict(seeds=[0, 1, 2], ranks=[1, 2, 4, 8, 16], sizes=[25, 50, 100, 250, 500], n_eval=None, epochs=4.0)
+FULL = dict(seeds=[0, 1, 2], ranks=[1, 4, 16], sizes=[50, 150, 500], n_eval=100, epochs=4.0)
 SMOKE = dict(seeds=[0], ranks=[2], sizes=[10], n_eval=4, epochs=0.05)
 
 

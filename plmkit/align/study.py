@@ -91,8 +91,11 @@ def user_turn_rate(model, tokenizer, questions: list[str], max_new_tokens: int =
 
 def sft_run(base_dir: str, *, seed: int = 0, lora_rank: int | None = None, lora_targets=("q_proj", "v_proj"),
             n_people: int | None = None, response_only: bool = True, epochs: float = 4.0, lr: float | None = None,
-            n_eval: int | None = None, base_metrics: bool = True) -> dict:
-    """Fine-tune the checkpoint in `base_dir` on multi-turn QA about half the people; measure (see module doc)."""
+            n_eval: int | None = None, base_metrics: bool = True, keep: list | None = None) -> dict:
+    """Fine-tune the checkpoint in `base_dir` on multi-turn QA about half the people; measure (see module doc).
+
+    `keep`: a list to which the fine-tuned model is appended (the notebook's chat widget reuses it).
+    """
     model, tok, people = load_base(base_dir)
     variety = 5 if "v1" not in base_dir.rstrip("/").split("/")[-1] else 1
     train_people, test_people = bios.split_people(people, seed=0)          # the same split for every run
@@ -121,6 +124,8 @@ def sft_run(base_dir: str, *, seed: int = 0, lora_rank: int | None = None, lora_
     out["unseen"] = qa_accuracy(model, tok, eval_unseen)
     out["bio_loss_after"] = bio_loss(model, tok, people, variety)
     out["writes_user_turn"] = user_turn_rate(model, tok, [q for q, _ in eval_unseen[:100]])
+    if keep is not None:
+        keep.append(model)
     out["examples"] = [(q, a, p) for (q, a), p in zip(eval_unseen[:5], answer_batch(model, tok, [q for q, _ in
                                                                                             eval_unseen[:5]]))]
     return out

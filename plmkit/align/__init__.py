@@ -1,7 +1,10 @@
 """Alignment: supervised fine-tuning (chapter 7) and learning from preferences (chapter 8).
 
-Chapter 8's modules, one idea each: :mod:`.reward` (a reward model trained on
-pairwise comparisons), :mod:`.dpo` (direct preference optimisation) and
-:mod:`.ppo` (RLHF with proximal policy optimisation). Import them as modules:
+Chapter 7's modules: :mod:`.chat` (the chat template and its Jinja export), :mod:`.sft`
+(response-only labels, the masked loss, packing), :mod:`.lora` (low-rank adapters),
+:mod:`.bios` (the synthetic biographies) and :mod:`.study` (one fine-tuning run and its
+measurements). Chapter 8's, one idea each: :mod:`.reward` (a reward model trained on
+pairwise comparisons), :mod:`.dpo` (direct preference optimisation) and :mod:`.ppo`
+(RLHF with proximal policy optimisation). Import them as modules:
 ``from plmkit.align import dpo``.
 """

@@ -1,0 +1,376 @@
+"""The chapter-7 checkers pass the reference answers and fail blank answers, shortcuts and plausible bugs.
+
+Mutation table (``MUTANTS``): for every exercise at least three hand-written bugs of its
+solution, each run in-process against the checker (no notebook kernel), and through
+record -> judge_recorded for the reference answers.
+"""
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmkit.align import chat as plmkit_chat
+from plmkit.align import lora as plmkit_lora
+from plmkit.align import sft as plmkit_sft
+from plmkit.checks import judge_recorded
+from plmkit.checks import sft as checks
+from plmkit.nn import build_attention_mask
+
+IGNORE = -100
+
+
+def blank(*args, **kwargs):
+    raise NotImplementedError("Exercise 7.x: replace this line with your code")
+
+
+def run(check, *fns, capsys):
+    verdict = check(*fns)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == verdict.line
+    return bool(verdict), out
+
+
+# ---------------------------------------------------------------- reference answers (as in the notebook)
+def render_chat(messages, add_generation_prompt=False):
+    text = ""
+    for m in messages:
+        text += f"<|{m['role']}|>\n{m['content']}<|end|>\n"
+    if add_generation_prompt:
+        text += "<|assistant|>\n"
+    return text
+
+
+def response_labels(input_ids, assistant_id, end_id):
+    labels, inside = [], False
+    for t in input_ids:
+        if inside:
+            labels.append(t)
+            inside = t != end_id
+        else:
+            labels.append(-100)
+            inside = t == assistant_id
+    return labels
+
+
+def masked_lm_loss(logits, labels):
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)          # position t predicts token t + 1
+    target = labels[:, 1:]
+    keep = target != -100
+    picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return -(picked * keep).sum() / keep.sum()
+
+
+def pack_two(a, b):
+    T = len(a) + len(b)
+    input_ids = torch.tensor(a + b)
+    position_ids = torch.cat([torch.arange(len(a)), torch.arange(len(b))])
+    segment = torch.tensor([0] * len(a) + [1] * len(b))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = causal & (segment[:, None] == segment[None, :])
+    return input_ids, position_ids, mask
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base, self.scaling, self.merged = base, alpha / r, False
+        base.requires_grad_(False)
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x):
+        y = self.base(x)
+        if not self.merged:
+            y = y + self.scaling * self.lora_B(self.lora_A(x))
+        return y
+
+    @torch.no_grad()
+    def merge(self):
+        self.base.weight += self.scaling * self.lora_B.weight @ self.lora_A.weight
+        self.merged = True
+
+
+def exact_match_score(generations, answers, end_id):
+    hits = 0
+    for gen, ans in zip(generations, answers):
+        cut = gen.index(end_id) if end_id in gen else len(gen)
+        hits += gen[:cut] == ans
+    return hits / len(answers)
+
+
+CASES = [
+    (checks.check_render_chat, render_chat),
+    (checks.check_response_labels, response_labels),
+    (checks.check_masked_lm_loss, masked_lm_loss),
+    (checks.check_pack_two, pack_two),
+    (checks.check_lora_linear, LoRALinear),
+    (checks.check_exact_match, exact_match_score),
+]
+
+
+@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+def test_reference_answer_passes_with_a_stable_verdict(check, fn, capsys):
+    lines = set()
+    for _ in range(2):                                   # fresh random cases each time, the same line
+        ok, out = run(check, fn, capsys=capsys)
+        assert ok, out
+        assert out.startswith(f"✅ Exercise {check.exercise} ") and out.count("\n") == 1
+        lines.add(out)
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+def test_recorded_answers_are_judged_the_same(check, fn, tmp_path):
+    verdict = check.record(fn, seed=1234, folder=tmp_path)
+    assert verdict.recorded
+    assert judge_recorded(check.exercise, 1234, tmp_path).passed
+    check.record(blank, seed=1234, folder=tmp_path)
+    assert not judge_recorded(check.exercise, 1234, tmp_path).passed
+
+
+@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+def test_blank_fails(check, fn, capsys):
+    ok, out = run(check, blank, capsys=capsys)
+    assert not ok and "not attempted yet" in out
+
+
+@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+def test_returning_none_fails(check, fn, capsys):
+    if check is checks.check_lora_linear:
+        class NoneLayer(LoRALinear):
+            def forward(self, x):
+                return None
+        ok, out = run(check, NoneLayer, capsys=capsys)
+    else:
+        ok, out = run(check, lambda *a, **k: None, capsys=capsys)
+    assert not ok, out
+
+
+def _segments_labels(input_ids, assistant_id, end_id):
+    return plmkit_sft.encode_conversation(None, [])[1] or response_labels(input_ids, assistant_id, end_id)
+
+
+def _lora_shortcut(base, r, alpha):
+    return plmkit_lora.LoRALinear(base, r, alpha)
+
+
+@pytest.mark.parametrize("check,shortcut", [
+    (checks.check_render_chat, plmkit_chat.render),
+    (checks.check_render_chat, functools.partial(plmkit_chat.render)),
+    (checks.check_render_chat, lambda m, add_generation_prompt=False: "".join(
+        t for t, _ in plmkit_chat.render_segments(m, add_generation_prompt))),
+    (checks.check_response_labels, _segments_labels),
+    (checks.check_masked_lm_loss, plmkit_sft.sft_loss),
+    (checks.check_masked_lm_loss, lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]),
+                                                                 lb[:, 1:].reshape(-1), ignore_index=-100)),
+    (checks.check_pack_two, lambda a, b: (torch.tensor(a + b), pack_two(a, b)[1], build_attention_mask(
+        None, None, len(a) + len(b), segment_ids=torch.tensor([[0] * len(a) + [1] * len(b)]))[0, 0])),
+    (checks.check_pack_two, lambda a, b: plmkit_sft.pack([(a, a), (b, b)], len(a) + len(b), 0) and pack_two(a, b)),
+    (checks.check_lora_linear, plmkit_lora.LoRALinear),
+    (checks.check_lora_linear, _lora_shortcut),
+    (checks.check_exact_match, lambda gens, answers, end: plmkit_sft.exact_match(
+        [" ".join(map(str, plmkit_sft.extract_answer(g, end))) for g in gens], [" ".join(map(str, a)) for a in answers])),
+], ids=["render", "render-partial", "render-segments", "encode", "sft_loss", "F.cross_entropy", "build_mask",
+        "pack", "LoRALinear", "LoRA-wrapper", "exact_match"])
+def test_references_and_builtins_are_refused(check, shortcut, capsys):
+    ok, out = run(check, shortcut, capsys=capsys)
+    assert not ok and "is the reference here" in out, out
+
+
+# ---------------------------------------------------------------- the mutation table: plausible bugs
+def render_no_newline_after_end(messages, add_generation_prompt=False):
+    return render_chat(messages, add_generation_prompt).replace("<|end|>\n", "<|end|>")
+
+
+def render_always_prompt(messages, add_generation_prompt=False):
+    return render_chat(messages, True)
+
+
+def render_no_header_newline(messages, add_generation_prompt=False):
+    text = render_chat(messages, add_generation_prompt)
+    for role in ("system", "user", "assistant"):
+        text = text.replace(f"<|{role}|>\n", f"<|{role}|>")
+    return text
+
+
+def render_in_place(messages, add_generation_prompt=False):
+    for m in messages:
+        m["content"] = m["content"].strip()
+    messages.append({"role": "assistant", "content": ""}) if add_generation_prompt else None
+    text = render_chat(messages[:-1] if add_generation_prompt else messages, add_generation_prompt)
+    return text
+
+
+def labels_with_header(input_ids, assistant_id, end_id):
+    labels = response_labels(input_ids, assistant_id, end_id)
+    return [t if t == assistant_id else lab for t, lab in zip(input_ids, labels)]
+
+
+def labels_without_end(input_ids, assistant_id, end_id):
+    return [-100 if t == end_id else lab for t, lab in zip(input_ids, response_labels(input_ids, assistant_id, end_id))]
+
+
+def labels_last_turn_only(input_ids, assistant_id, end_id):
+    start = len(input_ids) - 1 - input_ids[::-1].index(assistant_id)
+    return [-100] * (start + 1) + response_labels(input_ids[start:], assistant_id, end_id)[1:]
+
+
+def labels_inverted(input_ids, assistant_id, end_id):
+    labels = response_labels(input_ids, assistant_id, end_id)
+    return [t if lab == -100 else -100 for t, lab in zip(input_ids, labels)]
+
+
+def loss_no_shift(logits, labels):
+    logp = torch.log_softmax(logits, dim=-1)
+    keep = labels != -100
+    picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return -(picked * keep).sum() / keep.sum()
+
+
+def loss_mean_over_all(logits, labels):
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = labels[:, 1:]
+    keep = target != -100
+    picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return -(picked * keep).mean()
+
+
+def loss_sum(logits, labels):
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = labels[:, 1:]
+    keep = target != -100
+    return -(logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep).sum()
+
+
+def loss_detached(logits, labels):
+    return masked_lm_loss(logits.detach(), labels)
+
+
+def pack_no_position_reset(a, b):
+    ids, pos, mask = pack_two(a, b)
+    return ids, torch.arange(len(a) + len(b)), mask
+
+
+def pack_block_only(a, b):
+    ids, pos, _ = pack_two(a, b)
+    seg = torch.tensor([0] * len(a) + [1] * len(b))
+    return ids, pos, seg[:, None] == seg[None, :]
+
+
+def pack_causal_only(a, b):
+    ids, pos, _ = pack_two(a, b)
+    T = len(a) + len(b)
+    return ids, pos, torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def pack_int_mask(a, b):
+    ids, pos, mask = pack_two(a, b)
+    return ids, pos, mask.long()
+
+
+class LoRAAlphaNotDivided(LoRALinear):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        self.scaling = alpha
+
+
+class LoRARandomB(LoRALinear):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        nn.init.normal_(self.lora_B.weight)
+
+
+class LoRABaseTrainable(LoRALinear):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        base.requires_grad_(True)
+
+
+class LoRAMergeTwice(LoRALinear):
+    @torch.no_grad()
+    def merge(self):
+        self.base.weight += self.scaling * self.lora_B.weight @ self.lora_A.weight        # forgets merged = True
+
+
+class LoRAMergeTransposed(LoRALinear):
+    @torch.no_grad()
+    def merge(self):
+        self.base.weight += self.scaling * (self.lora_A.weight.T @ self.lora_B.weight.T).T.contiguous() * 0 + \
+            self.scaling * (self.lora_B.weight @ self.lora_A.weight) / self.scaling
+        self.merged = True
+
+
+def em_off_by_one(generations, answers, end_id):
+    hits = 0
+    for gen, ans in zip(generations, answers):
+        cut = gen.index(end_id) - 1 if end_id in gen else len(gen)
+        hits += gen[:cut] == ans
+    return hits / len(answers)
+
+
+def em_prefix(generations, answers, end_id):
+    return sum(gen[:len(ans)] == ans for gen, ans in zip(generations, answers)) / len(answers)
+
+
+def em_whole(generations, answers, end_id):
+    return sum(gen == ans for gen, ans in zip(generations, answers)) / len(answers)
+
+
+def em_last_end(generations, answers, end_id):
+    hits = 0
+    for gen, ans in zip(generations, answers):
+        cut = len(gen) - 1 - gen[::-1].index(end_id) if end_id in gen else len(gen)
+        hits += gen[:cut] == ans
+    return hits / len(answers)
+
+
+def em_count(generations, answers, end_id):
+    return float(sum(exact_match_score([g], [a], end_id) for g, a in zip(generations, answers)))
+
+
+MUTANTS = [
+    (checks.check_render_chat, render_no_newline_after_end, "newline"),
+    (checks.check_render_chat, render_always_prompt, "add_generation_prompt"),
+    (checks.check_render_chat, render_no_header_newline, "header"),
+    (checks.check_render_chat, render_in_place, "in place"),
+    (checks.check_response_labels, labels_with_header, "header is prompt"),
+    (checks.check_response_labels, labels_without_end, "<|end|> token must carry loss"),
+    (checks.check_response_labels, labels_last_turn_only, "not only the last one"),
+    (checks.check_response_labels, labels_inverted, None),
+    (checks.check_masked_lm_loss, loss_no_shift, "no shift"),
+    (checks.check_masked_lm_loss, loss_mean_over_all, "labelled tokens only"),
+    (checks.check_masked_lm_loss, loss_sum, "a sum"),
+    (checks.check_masked_lm_loss, loss_detached, "autograd graph"),
+    (checks.check_pack_two, pack_no_position_reset, "positions restart"),
+    (checks.check_pack_two, pack_block_only, "only block-diagonal"),
+    (checks.check_pack_two, pack_causal_only, "only causal"),
+    (checks.check_pack_two, pack_int_mask, "dtype"),
+    (checks.check_lora_linear, LoRAAlphaNotDivided, "alpha / r"),
+    (checks.check_lora_linear, LoRARandomB, "B starts at zero"),
+    (checks.check_lora_linear, LoRABaseTrainable, "freeze the base layer"),
+    (checks.check_lora_linear, LoRAMergeTwice, "must not be added again"),
+    (checks.check_exact_match, em_off_by_one, None),
+    (checks.check_exact_match, em_prefix, "merely starts with"),
+    (checks.check_exact_match, em_whole, "cut each generation"),
+    (checks.check_exact_match, em_last_end, None),
+    (checks.check_exact_match, em_count, None),
+]
+
+
+@pytest.mark.parametrize("check,mutant,named", MUTANTS, ids=[m.__name__ for _, m, _ in MUTANTS])
+def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
+    ok, out = run(check, mutant, capsys=capsys)
+    assert not ok, out
+    if named:
+        assert named in out, out
+
+
+def test_every_exercise_has_three_mutants():
+    counts = {}
+    for check, _, _ in MUTANTS:
+        counts[check.exercise] = counts.get(check.exercise, 0) + 1
+    assert sorted(counts) == [f"7.{i}" for i in range(1, 7)] and min(counts.values()) >= 3

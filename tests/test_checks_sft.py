@@ -12,25 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checker_harness import (assert_blank_fails, assert_fails, assert_mutant_fails, assert_mutants_cover,
+                             assert_reference_passes, assert_refused, case_ids, make_blank, mutant_ids,
+                             recorded_passes)
 from plmkit.align import chat as plmkit_chat
 from plmkit.align import lora as plmkit_lora
 from plmkit.align import sft as plmkit_sft
-from plmkit.checks import judge_recorded
 from plmkit.checks import sft as checks
 from plmkit.nn import build_attention_mask
 
 IGNORE = -100
 
 
-def blank(*args, **kwargs):
-    raise NotImplementedError("Exercise 7.x: replace this line with your code")
-
-
-def run(check, *fns, capsys):
-    verdict = check(*fns)
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == verdict.line
-    return bool(verdict), out
+blank = make_blank(7)
 
 
 # ---------------------------------------------------------------- reference answers (as in the notebook)
@@ -112,42 +106,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_reference_answer_passes_with_a_stable_verdict(check, fn, capsys):
-    lines = set()
-    for _ in range(2):                                   # fresh random cases each time, the same line
-        ok, out = run(check, fn, capsys=capsys)
-        assert ok, out
-        assert out.startswith(f"✅ Exercise {check.exercise} ") and out.count("\n") == 1
-        lines.add(out)
-    assert len(lines) == 1
+    assert_reference_passes(check, fn, capsys)
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_recorded_answers_are_judged_the_same(check, fn, tmp_path):
-    verdict = check.record(fn, seed=1234, folder=tmp_path)
-    assert verdict.recorded
-    assert judge_recorded(check.exercise, 1234, tmp_path).passed
-    check.record(blank, seed=1234, folder=tmp_path)
-    assert not judge_recorded(check.exercise, 1234, tmp_path).passed
+    assert recorded_passes(check, fn, 1234, tmp_path)
+    assert not recorded_passes(check, blank, 1234, tmp_path)
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_blank_fails(check, fn, capsys):
-    ok, out = run(check, blank, capsys=capsys)
-    assert not ok and "not attempted yet" in out
+    assert_blank_fails(check, blank, capsys)
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_returning_none_fails(check, fn, capsys):
     if check is checks.check_lora_linear:
         class NoneLayer(LoRALinear):
             def forward(self, x):
                 return None
-        ok, out = run(check, NoneLayer, capsys=capsys)
+        assert_fails(check, NoneLayer, capsys)
     else:
-        ok, out = run(check, lambda *a, **k: None, capsys=capsys)
-    assert not ok, out
+        assert_fails(check, lambda *a, **k: None, capsys)
 
 
 def _segments_labels(input_ids, assistant_id, end_id):
@@ -177,8 +160,7 @@ def _lora_shortcut(base, r, alpha):
 ], ids=["render", "render-partial", "render-segments", "encode", "sft_loss", "F.cross_entropy", "build_mask",
         "pack", "LoRALinear", "LoRA-wrapper", "exact_match"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
-    ok, out = run(check, shortcut, capsys=capsys)
-    assert not ok and "is the reference here" in out, out
+    assert_refused(check, shortcut, capsys)
 
 
 # ---------------------------------------------------------------- the mutation table: plausible bugs
@@ -361,16 +343,10 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("check,mutant,named", MUTANTS, ids=[m.__name__ for _, m, _ in MUTANTS])
+@pytest.mark.parametrize("check,mutant,named", MUTANTS, ids=mutant_ids(MUTANTS))
 def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
-    ok, out = run(check, mutant, capsys=capsys)
-    assert not ok, out
-    if named:
-        assert named in out, out
+    assert_mutant_fails(check, mutant, named, capsys)
 
 
 def test_every_exercise_has_three_mutants():
-    counts = {}
-    for check, _, _ in MUTANTS:
-        counts[check.exercise] = counts.get(check.exercise, 0) + 1
-    assert sorted(counts) == [f"7.{i}" for i in range(1, 7)] and min(counts.values()) >= 3
+    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=6)

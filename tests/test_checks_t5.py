@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checker_harness import (assert_blank_fails, assert_mutant_fails, assert_mutants_cover, assert_reference_passes,
+                             assert_refused, case_ids, make_blank, mutant_ids, run)
 from plmkit.checks import t5 as checks
 from plmkit.generate import generate as plmkit_generate
 from plmkit.models.t5 import shift_right as plmkit_shift_right
@@ -17,15 +19,7 @@ from plmkit.objectives import corrupt_spans as plmkit_corrupt_spans
 from plmkit.objectives import prefix_lm_mask as plmkit_prefix
 
 
-def blank(*args, **kwargs):
-    raise NotImplementedError("Exercise 5.x: replace this line with your code")
-
-
-def run(check, *fns, capsys):
-    verdict = check(*fns)
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == verdict.line
-    return bool(verdict), out
+blank = make_blank(5)
 
 
 # ---------------------------------------------------------------- reference answers (as in the notebook)
@@ -127,21 +121,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_reference_answer_passes_with_a_stable_verdict(check, fn, capsys):
-    lines = set()
-    for _ in range(2):                                   # fresh random cases each time, the same line
-        ok, out = run(check, fn, capsys=capsys)
-        assert ok, out
-        assert out.startswith(f"✅ Exercise {check.exercise} ") and out.count("\n") == 1
-        lines.add(out)
-    assert len(lines) == 1
+    assert_reference_passes(check, fn, capsys)
 
 
-@pytest.mark.parametrize("check,fn", CASES, ids=[c.name for c, _ in CASES])
+@pytest.mark.parametrize("check,fn", CASES, ids=case_ids(CASES))
 def test_blank_fails(check, fn, capsys):
-    ok, out = run(check, blank, capsys=capsys)
-    assert not ok and "not attempted yet" in out
+    assert_blank_fails(check, blank, capsys)
 
 
 def _cached_greedy(model, input_ids, attention_mask, max_new_tokens):
@@ -163,8 +150,7 @@ def _cached_greedy(model, input_ids, attention_mask, max_new_tokens):
     (checks.check_t5_rms_norm, lambda x, w, eps=1e-6: F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * w),
 ], ids=["prefix", "shift", "bucket", "spans", "greedy", "sdpa", "rms"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
-    ok, out = run(check, shortcut, capsys=capsys)
-    assert not ok and "is the reference here" in out, out
+    assert_refused(check, shortcut, capsys)
 
 
 def test_feed_forward_modules_refused(capsys):
@@ -173,8 +159,7 @@ def test_feed_forward_modules_refused(capsys):
     def via_module(x, weights, variant):
         m = FeedForward(x.shape[-1], weights["wo"].shape[1], activation="relu", bias=False).to(x.dtype)
         return t5_feed_forward(x, weights, variant) if variant != "v1.0" else m(x) * 0 + t5_feed_forward(x, weights, variant)
-    ok, out = run(checks.check_t5_feed_forward, via_module, capsys=capsys)
-    assert not ok and "is the reference here" in out
+    assert_refused(checks.check_t5_feed_forward, via_module, capsys)
 
 
 # ---------------------------------------------------------------- the mutation table: plausible bugs
@@ -427,19 +412,13 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("check,mutant,named", MUTANTS, ids=[m.__name__ for _, m, _ in MUTANTS])
+@pytest.mark.parametrize("check,mutant,named", MUTANTS, ids=mutant_ids(MUTANTS))
 def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
-    ok, out = run(check, mutant, capsys=capsys)
-    assert not ok, out
-    if named:
-        assert named in out, out
+    assert_mutant_fails(check, mutant, named, capsys)
 
 
 def test_every_exercise_has_three_mutants():
-    counts = {}
-    for check, _, _ in MUTANTS:
-        counts[check.exercise] = counts.get(check.exercise, 0) + 1
-    assert sorted(counts) == [f"5.{i}" for i in range(1, 9)] and min(counts.values()) >= 3
+    assert_mutants_cover(MUTANTS, chapter=5, n_exercises=8)
 
 
 def test_the_notebooks_own_solutions_pass(capsys):

@@ -1,6 +1,7 @@
 """The chapter 1 checkers pass plmkit's reference, and fail a blank stub and the plausible bugs."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -258,6 +259,72 @@ def wordpiece_unk_for_empty(word, vocab):
     return _greedy(word, vocab) if word else ["[UNK]"]   # the empty word has no pieces, not an [UNK]
 
 
+# --------------------------------------------------------------------------
+# 1.6 viterbi
+# --------------------------------------------------------------------------
+def _dp(text, pieces, *, value=lambda s: s, first_start=0, last=None, longest_wins=False, no_path=None):
+    """Viterbi with switches that turn its details off, one per plausible bug."""
+    n = len(text) if last is None else last(len(text))
+    longest = max(map(len, pieces))
+    best, back = [0.0] + [None] * len(text), [0] * (len(text) + 1)
+    if first_start == 1 and text:                          # position 0 handled by hand: its first character only
+        best[1], back[1] = value(pieces.get(text[0], -1e9)), 0
+    for end in range(1, n + 1):
+        for start in range(max(first_start, end - longest), end):
+            piece = text[start:end]
+            if best[start] is None or piece not in pieces:
+                continue
+            cand = best[start] + value(pieces[piece])
+            better = (best[end] is None or (end - start > end - back[end]) if longest_wins
+                      else best[end] is None or cand > best[end])
+            if better:
+                best[end], back[end] = cand, start
+    if best[n] is None:
+        if no_path is not None:
+            return no_path
+        raise ValueError("no segmentation")
+    out, end = [], n
+    while end > 0:
+        out.append(text[back[end]:end])
+        end = back[end]
+    return out[::-1]
+
+
+def viterbi_reference(text, pieces):
+    return _dp(text, pieces)
+
+
+def viterbi_greedy_longest(text, pieces):
+    out, start = [], 0                                     # WordPiece's rule: longest match, left to right
+    while start < len(text):
+        end = next((e for e in range(len(text), start, -1) if text[start:e] in pieces), None)
+        if end is None:
+            raise ValueError("no segmentation")
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def viterbi_adds_probabilities(text, pieces):
+    return _dp(text, pieces, value=math.exp)               # sums probabilities instead of log-probabilities
+
+
+def viterbi_drops_last_character(text, pieces):
+    return _dp(text, pieces, last=lambda n: max(n - 1, 0))  # the lattice stops one position short
+
+
+def viterbi_longest_last_piece(text, pieces):
+    return _dp(text, pieces, longest_wins=True)            # prefers the longest piece, not the best score
+
+
+def viterbi_skips_position_0(text, pieces):
+    return _dp(text, pieces, first_start=1)                # no piece may start at 0 but the first character
+
+
+def viterbi_empty_when_impossible(text, pieces):
+    return _dp(text, pieces, no_path=[])                   # returns [] instead of raising ValueError
+
+
 def train_reference(words, num_merges):
     seqs, merges = [(list(w), f) for w, f in words.items()], []
     for i in range(num_merges):
@@ -283,6 +350,9 @@ CASES = [
     (checks.check_wordpiece, wordpiece_reference,
      [wordpiece_no_prefix, wordpiece_shortest, wordpiece_partial_unk, wordpiece_no_length_limit,
       wordpiece_unk_for_empty]),
+    (checks.check_viterbi, viterbi_reference,
+     [viterbi_greedy_longest, viterbi_adds_probabilities, viterbi_drops_last_character, viterbi_longest_last_piece,
+      viterbi_skips_position_0, viterbi_empty_when_impossible]),
 ]
 
 
@@ -327,3 +397,38 @@ def test_calling_plmkit_wordpiece_is_refused(capsys):
         return library.wordpiece_word(word, vocab)
     ok, lines = verdict(capsys, checks.check_wordpiece, wordpiece)
     assert not ok and any("wordpiece_word" in line and "reference" in line for line in lines)
+
+
+
+def test_calling_sentencepiece_or_plmkit_viterbi_is_refused(capsys):
+    import sentencepiece
+
+    from plmkit.tokenize import unigram as library
+
+    def via_plmkit(text, pieces):
+        return library.viterbi(text, pieces)
+
+    def via_sentencepiece(text, pieces):
+        sentencepiece.SentencePieceProcessor()              # any call into the library counts
+        return viterbi_reference(text, pieces)
+    ok, lines = verdict(capsys, checks.check_viterbi, via_plmkit)
+    assert not ok and any("unigram.viterbi" in line and "reference" in line for line in lines)
+    ok, lines = verdict(capsys, checks.check_viterbi, via_sentencepiece)
+    assert not ok and any("SentencePiece" in line and "reference" in line for line in lines)
+
+
+def test_viterbi_cases_have_one_clear_winner_and_a_real_model():
+    for seed in range(5):
+        cases = checks.check_viterbi.make_cases(seed)
+        for case in cases:
+            text, pieces = case["args"]
+            if not case["error"] and text:
+                assert checks._runner_up_gap(text, pieces) > 1e-6, case["what"]
+        assert any(len(c["args"][1]) > 500 for c in cases)            # the SentencePiece model's pieces
+        assert [c["args"] for c in cases] == [c["args"] for c in checks.check_viterbi.make_cases(seed)]
+
+
+def test_viterbi_real_model_is_trained_deterministically():
+    first = checks._pydoc_unigram()
+    checks._pydoc_unigram.cache_clear()
+    assert checks._pydoc_unigram() == first and len(first[1]) >= 50

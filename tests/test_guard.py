@@ -153,3 +153,16 @@ def test_a_whole_module_is_watched_without_importing_it():
         from transformers import PretrainedConfig
         PretrainedConfig()
     assert g.seen == []
+
+
+def test_a_top_level_package_is_watched_after_it_was_imported():
+    import transformers
+    from plmkit.checks._guard import Module
+
+    transformers.BertModel                    # loading a model class leaves a Path in the package's spec
+
+    assert isinstance(Module("transformers").path(), str)
+    rule = Rule("Hugging Face transformers", [Module("transformers")])
+    with Guard([rule]) as g:
+        transformers.PretrainedConfig()
+    assert g.seen == ["Hugging Face transformers"]

@@ -28,7 +28,7 @@ from plmkit.models import bert as bert_lib
 from plmkit.objectives import clm as clm_lib
 from plmkit.objectives import mlm as mlm_lib
 from plmkit.objectives import pairs as pairs_lib
-from plmkit.tokenize import bpe, wordpiece as wp
+from plmkit.tokenize import bpe, unigram, wordpiece as wp
 from solution_code import solutions
 
 REGISTRY = checks.load_all()
@@ -43,6 +43,8 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
     "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
+    "1.6": ["viterbi"],
+    "3.8": ["bert_encode", "sentence_embedding"],
 }
 
 
@@ -678,6 +680,62 @@ def ts(slip):
     return (P(opt_groups, slip=slip), P(one_step, slip=slip))
 
 
+def bert_enc(weights, config, input_ids, token_type_ids=None, attention_mask=None, *, slip=""):
+    """3.8's bert_encode with one slip: Pre-LN, no mask, tanh GELU, no scale, no embedding norm, heads, eps."""
+    w, B, T = weights, *input_ids.shape
+    H, nh = config["hidden_size"], config["num_attention_heads"]
+    D, eps = H // nh, (1e-5 if slip == "eps 1e-5" else config["layer_norm_eps"])
+    types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    keep = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+
+    def dense(x, n):
+        return F.linear(x, w[n + ".weight"], w[n + ".bias"])
+
+    def norm(x, n):
+        return F.layer_norm(x, (H,), w[n + ".weight"], w[n + ".bias"], eps)
+
+    x = (w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.position_embeddings.weight"][:T]
+         + w["embeddings.token_type_embeddings.weight"][types])
+    if slip != "no embedding norm":
+        x = norm(x, "embeddings.LayerNorm")
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        ln1, ln2 = p + "attention.output.LayerNorm", p + "output.LayerNorm"
+        inp = norm(x, ln1) if slip == "pre-ln" else x
+        if slip == "heads":                              # (B, T, H) read as (B, heads, T, D): no transpose
+            q, k, v = (dense(inp, p + f"attention.self.{n}").reshape(B, nh, T, D) for n in ("query", "key", "value"))
+        else:
+            q, k, v = (dense(inp, p + f"attention.self.{n}").view(B, T, nh, D).transpose(1, 2)
+                       for n in ("query", "key", "value"))
+        s = q @ k.transpose(-2, -1) / (1.0 if slip == "no scale" else math.sqrt(D))
+        if slip != "no mask":
+            s = s.masked_fill((keep == 0)[:, None, None, :], float("-inf"))
+        a = s.softmax(-1) @ v
+        a = dense(a.reshape(B, T, H) if slip == "heads" else a.transpose(1, 2).reshape(B, T, H),
+                  p + "attention.output.dense")
+        act = "tanh" if slip == "tanh GELU" else "none"
+        if slip == "pre-ln":
+            x = x + a
+            x = x + dense(F.gelu(dense(norm(x, ln2), p + "intermediate.dense"), approximate=act), p + "output.dense")
+        else:
+            x = norm(x + a, ln1)
+            x = norm(x + dense(F.gelu(dense(x, p + "intermediate.dense"), approximate=act), p + "output.dense"), ln2)
+    return x
+
+
+def bert_sent(weights, config, input_ids, attention_mask, *, slip=""):
+    """3.8's sentence_embedding: mean over real tokens, L2-normalised; slips: padding counted, no normalisation."""
+    h = bert_enc(weights, config, input_ids, None, attention_mask, slip=slip)
+    m = torch.ones_like(attention_mask) if slip == "padding pooled" else attention_mask
+    m = m.unsqueeze(-1).to(h.dtype)
+    pooled = (h * m).sum(1) / m.sum(1)
+    return pooled if slip == "not normalised" else F.normalize(pooled, dim=-1)
+
+
+def enc(slip):
+    return (P(bert_enc, slip=slip), P(bert_sent, slip=slip))
+
+
 P = functools.partial
 MUTANTS = [
     ("0.1", "no max shift: exp overflows", sm_no_shift),
@@ -840,6 +898,21 @@ MUTANTS = [
     ("4.11", "no final layer norm", P(gpt2, slip="no ln_f")),
     ("4.11", "no position embeddings", P(gpt2, slip="no positions")),
     ("4.11", "scores scaled by 1/D", P(gpt2, slip="scale 1/D")),
+    ("1.6", "greedy longest match", tok_bugs.viterbi_greedy_longest),
+    ("1.6", "adds probabilities, not log-probabilities", tok_bugs.viterbi_adds_probabilities),
+    ("1.6", "the lattice stops one character short", tok_bugs.viterbi_drops_last_character),
+    ("1.6", "the longest last piece, not the best score", tok_bugs.viterbi_longest_last_piece),
+    ("1.6", "no piece may start at position 0", tok_bugs.viterbi_skips_position_0),
+    ("1.6", "[] instead of ValueError", tok_bugs.viterbi_empty_when_impossible),
+    ("3.8", "Pre-LN blocks instead of BERT's Post-LN", enc("pre-ln")),
+    ("3.8", "no padding mask", enc("no mask")),
+    ("3.8", "tanh-approximate GELU", enc("tanh GELU")),
+    ("3.8", "scores not divided by sqrt(head_dim)", enc("no scale")),
+    ("3.8", "embedding LayerNorm forgotten", enc("no embedding norm")),
+    ("3.8", "heads split without the transpose", enc("heads")),
+    ("3.8", "LayerNorm eps hard-coded to 1e-5", enc("eps 1e-5")),
+    ("3.8", "mean over every position, padding included", (bert_enc, P(bert_sent, slip="padding pooled"))),
+    ("3.8", "sentence vectors not normalised", (bert_enc, P(bert_sent, slip="not normalised"))),
 ]
 
 
@@ -977,10 +1050,102 @@ def _step_by_warmup_cosine(model, optimizer, batch, step, cfg):
     return one_step(model, optimizer, batch, step, cfg)
 
 
+def _viterbi_by_model(text, pieces):
+    return unigram.UnigramModel(pieces, add_dummy_prefix=False).encode(text.replace("▁", " "))
+
+
+def _viterbi_via_sentencepiece(text, pieces):
+    import sentencepiece
+    sentencepiece.SentencePieceProcessor()                   # any call into the library counts
+    return tok_bugs.viterbi_reference(text, pieces)
+
+
 class ViaEncoderBlock(PreLN):
     norm_first = True
     drop = nn.Identity()
     forward = pn.EncoderBlock.forward
+
+
+
+def _bert_enc_by_plmkit(weights, config, input_ids, token_type_ids=None, attention_mask=None):
+    model = bert_lib.BertModel(bert_lib.BertConfig.from_dict(config, hidden_dropout_prob=0.0)).to(
+        weights["embeddings.LayerNorm.weight"].dtype)
+    model.load_hf_state_dict(weights)
+    return model.eval()(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).detach()
+
+
+def _bert_enc_by_hf(weights, config, input_ids, token_type_ids=None, attention_mask=None):
+    import transformers
+    cfg = transformers.BertConfig(**{k: v for k, v in config.items() if k != "model_type"},
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).to(weights["embeddings.LayerNorm.weight"].dtype)
+    model.load_state_dict(weights, strict=False)
+    return model.eval()(input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids).last_hidden_state.detach()
+
+
+def _bert_layers(weights, config, input_ids, token_type_ids, attention_mask, block):
+    """Embeddings by hand, then `block(x, keep, i)` for each layer (the shortcut under test)."""
+    x = bert_enc(weights, {**config, "num_hidden_layers": 0}, input_ids, token_type_ids, attention_mask)
+    keep = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    for i in range(config["num_hidden_layers"]):
+        x = block(x, keep, i)
+    return x
+
+
+def _hf_layer_state(weights, i, names):
+    p = f"encoder.layer.{i}."
+    return {ours + "." + t: weights[p + theirs + "." + t] for ours, theirs in names.items() for t in ("weight", "bias")}
+
+
+def _bert_enc_by_plmkit_block(weights, config, input_ids, token_type_ids=None, attention_mask=None, *, layer):
+    H, nh, I = config["hidden_size"], config["num_attention_heads"], config["intermediate_size"]
+
+    def block(x, keep, i):
+        b = layer(H, nh, I, dropout=0.0, norm_first=False, activation="gelu", eps=config["layer_norm_eps"]).to(x.dtype)
+        b.load_state_dict(_hf_layer_state(weights, i, bert_lib._HF_LAYER_NAMES))
+        return b.eval()(x, mask=(keep != 0)[:, None, None, :]).detach()
+    return _bert_layers(weights, config, input_ids, token_type_ids, attention_mask, block)
+
+
+def _bert_enc_by_torch_layer(weights, config, input_ids, token_type_ids=None, attention_mask=None):
+    H, nh, I = config["hidden_size"], config["num_attention_heads"], config["intermediate_size"]
+
+    def block(x, keep, i):
+        p = f"encoder.layer.{i}."
+        layer = nn.TransformerEncoderLayer(H, nh, I, dropout=0.0, activation="gelu", batch_first=True,
+                                           layer_norm_eps=config["layer_norm_eps"]).to(x.dtype)
+        qkv = [weights[p + f"attention.self.{n}.{t}"] for t in ("weight", "bias") for n in ("query", "key", "value")]
+        state = {"self_attn.in_proj_weight": torch.cat(qkv[:3]), "self_attn.in_proj_bias": torch.cat(qkv[3:]),
+                 **_hf_layer_state(weights, i, {"self_attn.out_proj": "attention.output.dense",
+                                                "norm1": "attention.output.LayerNorm",
+                                                "linear1": "intermediate.dense", "linear2": "output.dense",
+                                                "norm2": "output.LayerNorm"})}
+        layer.load_state_dict(state)
+        return layer.eval()(x, src_key_padding_mask=keep == 0).detach()
+    return _bert_layers(weights, config, input_ids, token_type_ids, attention_mask, block)
+
+
+def _bert_enc_by_sdpa(weights, config, input_ids, token_type_ids=None, attention_mask=None):
+    H, nh = config["hidden_size"], config["num_attention_heads"]
+    w = weights
+
+    def dense(x, n):
+        return F.linear(x, w[n + ".weight"], w[n + ".bias"])
+
+    def norm(x, n):
+        return F.layer_norm(x, (H,), w[n + ".weight"], w[n + ".bias"], config["layer_norm_eps"])
+
+    def block(x, keep, i):
+        B, T, _ = x.shape
+        p = f"encoder.layer.{i}."
+        q, k, v = (dense(x, p + f"attention.self.{n}").view(B, T, nh, -1).transpose(1, 2)
+                   for n in ("query", "key", "value"))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=(keep != 0)[:, None, None, :])
+        x = norm(x + dense(a.transpose(1, 2).reshape(B, T, H), p + "attention.output.dense"),
+                 p + "attention.output.LayerNorm")
+        return norm(x + dense(F.gelu(dense(x, p + "intermediate.dense")), p + "output.dense"), p + "output.LayerNorm")
+    return _bert_layers(weights, config, input_ids, token_type_ids, attention_mask, block)
 
 
 SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is named in the verdict)
@@ -1027,6 +1192,13 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "4.10": [((_optimizer_by_param_groups, one_step), "`train.Trainer` / `param_groups` / `warmup_cosine`"),
              ((opt_groups, _step_by_warmup_cosine), "`train.Trainer` / `param_groups` / `warmup_cosine`")],
     "4.11": [(_gpt2_by_hf, "Hugging Face's model classes"), (_gpt2_by_plmkit, "plmkit's models and blocks")],
+    "1.6": [(unigram.viterbi, "unigram.viterbi"), (_viterbi_by_model, "`UnigramModel`"),
+            (_viterbi_via_sentencepiece, "SentencePiece")],
+    "3.8": [((_bert_enc_by_plmkit, bert_sent), "plmkit's models and blocks"),
+            ((_bert_enc_by_hf, bert_sent), "Hugging Face `transformers`"),
+            ((P(_bert_enc_by_plmkit_block, layer=pn.EncoderBlock), bert_sent), "plmkit's models and blocks"),
+            ((_bert_enc_by_torch_layer, bert_sent), "`nn.TransformerEncoderLayer`"),
+            ((_bert_enc_by_sdpa, bert_sent), "`F.scaled_dot_product_attention`")],
 }
 
 

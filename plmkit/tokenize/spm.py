@@ -16,8 +16,11 @@ characters) and double spaces collapse. This wrapper always trains with
     minloglevel=2                       no training log in the notebook
 
 (and hard_vocab_limit=False for unigram, so a small corpus does not make a
-large vocabulary an error), so that `decode(encode(text)) == text` for any text.
-Training is in memory: no files are written.
+large vocabulary an error), so that `decode(encode(text)) == text` for any text
+that does not itself contain ``▁`` (U+2581): SentencePiece reserves that character
+for the space, so a ``▁`` in the input comes back as a space (a limitation of
+SentencePiece, pinned in tests/test_tokenize.py). Training is in memory: no files
+are written.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ Letters in shape comments: B batch (prompts), K beams, T time, V vocabulary.
 from __future__ import annotations
 
 import inspect
+import string
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -222,6 +223,37 @@ def distinct_n(tokens: Sequence | Sequence[Sequence], n: int) -> float:
     if not grams:
         raise ValueError(f"no sequence is as long as n={n}")
     return len(set(grams)) / len(grams)
+
+
+def words(text: str) -> list[str]:
+    """The whitespace-separated words of `text`, lower-cased, punctuation stripped from both ends.
+
+    Apostrophes and hyphens inside a word stay; a "word" of punctuation only is dropped.
+
+    >>> words("Thou art, my lord -- 'tis o'er!")
+    ['thou', 'art', 'my', 'lord', 'tis', "o'er"]
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    out = (w.strip(string.punctuation).lower() for w in text.split())
+    return [w for w in out if w]
+
+
+def known_word_fraction(texts: Sequence[str], vocabulary: set[str]) -> float:
+    """Fraction of the words (see `words`) of generated `texts` that are in `vocabulary`.
+
+    The last word of each text is left out: a sample cut at a fixed length may end mid-word.
+    Texts with no complete word (random characters rarely hold a space) give 0.0.
+
+    >>> known_word_fraction(["to be or nott to", "the kingg"], {"to", "be", "or", "the"})   # 4 of 5
+    0.8
+    """
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    ws = [w for t in texts for w in words(t)[:-1]]
+    if not ws:
+        return 0.0
+    return sum(w in vocabulary for w in ws) / len(ws)
 
 
 # ----------------------------------------------------------------------------- decoder states

@@ -219,6 +219,57 @@ def test_capstone_solution_passes_with_the_same_line_for_every_seed(check, learn
     assert len(lines) == 1 and next(iter(lines)).startswith("✅"), lines
 
 
+@torch.no_grad()
+def generate_top_p_first(model, input_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+                         stop_token=None, generator=None):
+    """The book's loop with the two filters swapped: top-p on the full distribution, then top-k."""
+    ids, finished = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        logits = model(ids)[:, -1, :].float()
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits / temperature
+            if top_p is not None:
+                logits = SOL["top_p_filter"](logits, top_p)
+            if top_k is not None:
+                logits = SOL["top_k_filter"](logits, top_k)
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+        if stop_token is not None:
+            nxt = torch.where(finished, torch.full_like(nxt, stop_token), nxt)
+            finished |= nxt == stop_token
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if stop_token is not None and bool(finished.all()):
+            break
+    return ids
+
+
+def test_generate_catches_top_p_before_top_k_on_every_seed():
+    """With random tiny GPTs alone the two orders rarely give different tokens (the swap passed at about
+    1 seed in 60); the case built on a fixed distribution makes them differ on every seed."""
+    for seed in range(100):
+        verdict = checks.check_generate.honour(generate_top_p_first, seed=seed)
+        assert not verdict and "top-p is applied before top-k" in verdict.text(), (seed, verdict.text())
+
+
+def test_generate_designed_case_separates_the_two_orders():
+    """The fixed-distribution model really gives those probabilities, and the right order keeps one token."""
+    for seed in range(5):
+        cases = checks.check_generate.make_cases(seed)
+        (case,) = [c for c in cases["cases"] if c.get("model") == "designed"]
+        data = cases["designed"]
+        model = checks._gpt_module(data["config"], data["state"]).eval()
+        V = data["config"]["vocab_size"]
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.randint(V, (2, 7)))[:, -1], -1)
+        assert torch.allclose(probs, data["probs"].expand(2, V), atol=1e-6)
+        logits = probs.log()
+        assert top_p_filter(top_k_filter(logits, 3), 0.4).isfinite().sum(-1).tolist() == [1, 1]
+        assert top_k_filter(top_p_filter(logits, 0.4), 3).isfinite().sum(-1).tolist() == [3, 3]
+        out = checks._gen_reference(data, case)
+        assert (out[:, case["ids"].shape[1]:] == data["probs"].argmax()).all()
+
+
 def test_generate_reference_is_plmkits_tokens_with_or_without_the_cache():
     """The 4.9 judge recomputes the prefix each step (the learner's loop); plmkit's default decoding
     uses a KV cache. Both must give the same tokens, so "plmkit's tokens" is one thing."""

@@ -473,7 +473,42 @@ def _gen_cases(g):
         case["what"] = (f"generate(model, input_ids {(B, T0)}, max_new_tokens={n}, {opts}, "
                         f"generator=torch.Generator().manual_seed({case['seed']}))")
         cases.append(case)
-    return {"model": model, "cases": cases}
+    designed = _fixed_distribution_gpt(model, g)
+    probs = ", ".join(f"{q:.3g}" for q in designed["probs"].tolist())
+    B, T0, n, seed = 3, g.int(3, 6), g.int(10, 16), g.seed_int()
+    cases.append({"ids": g.randint(0, V, (B, T0)), "max_new_tokens": n, "temperature": 1.0, "top_k": 3,
+                  "top_p": 0.4, "stop_token": None, "seed": seed, "model": "designed",
+                  "what": (f"generate(model, input_ids {(B, T0)}, max_new_tokens={n}, temperature=1.0, top_k=3, "
+                           f"top_p=0.4, generator=torch.Generator().manual_seed({seed})) for a model whose "
+                           f"next-token probabilities are ({probs}) at every step (top-k then top-p keeps only "
+                           f"the most likely token; top-p then top-k would keep three)")})
+    return {"model": model, "designed": designed, "cases": cases}
+
+
+def _fixed_distribution_gpt(model: dict, g) -> dict:
+    """A GPT whose next-token distribution is the same at every position, whatever the input.
+
+    ln_f's gain is 0, so its output is its bias b; with wte = [I_V | 0] the tied head gives logits
+    b[:V] = log probs. The three most likely tokens have 0.20, 0.15 and 0.10 (random ids), the rest
+    share 0.55: top-k(3) renormalises them to 0.44, 0.33, 0.22 and top-p(0.4) then keeps one token,
+    while top-p(0.4) on the full distribution keeps three (0.20 + 0.15 < 0.4), and top-k(3) all of them.
+    So the two orders give different tokens at almost every draw (the wrong one matches the
+    right one with probability 0.44 per draw), on every seed.
+    """
+    cfg = model["config"]
+    V, C = cfg["vocab_size"], cfg["n_embd"]
+    probs = torch.full((V,), 0.55 / (V - 3))
+    top = g.randperm(V)[:3]
+    probs[top] = torch.tensor([0.20, 0.15, 0.10])
+    state = dict(model["state"])
+    state["ln_f.weight"] = torch.zeros(C)
+    state["ln_f.bias"] = torch.cat([probs.log(), torch.zeros(C - V)])
+    state["wte.weight"] = torch.eye(V, C)
+    return {"config": cfg, "state": state, "probs": probs}
+
+
+def _gen_model(cases: dict, case: dict) -> dict:
+    return cases[case.get("model", "model")]
 
 
 def _gen_kwargs(case: dict) -> dict:
@@ -484,7 +519,8 @@ def _gen_kwargs(case: dict) -> dict:
 def _gen_probe(p, generate, cases):
     out = []
     for case in cases["cases"]:
-        model = _gpt_module(cases["model"]["config"], cases["model"]["state"]).eval()
+        data = _gen_model(cases, case)
+        model = _gpt_module(data["config"], data["state"]).eval()
         gen = torch.Generator().manual_seed(case["seed"])
         out.append(p.call(generate, model, case["ids"], case["max_new_tokens"], generator=gen, **_gen_kwargs(case)))
     return out
@@ -541,7 +577,7 @@ _GEN_SLIPS = {"top-p first": "top-p is applied before top-k; the order is temper
 @check_generate.judge
 def _gen_judge(r, cases, results):
     for case, rec in zip(cases["cases"], results):
-        want = _gen_reference(cases["model"], case)
+        want = _gen_reference(_gen_model(cases, case), case)
         what = case["what"]
         got = r.value(rec, what)
         if got is None:
@@ -549,7 +585,7 @@ def _gen_judge(r, cases, results):
 
         def hint(g, case=case):
             for slip, words in _GEN_SLIPS.items():
-                v = _gen_variant(cases["model"], case, slip)
+                v = _gen_variant(_gen_model(cases, case), case, slip)
                 if v.shape == g.shape and torch.equal(v, g.long()):
                     return words
             if g.ndim == 2 and g.shape[1] >= case["ids"].shape[1] and not torch.equal(g[:, :case["ids"].shape[1]],

@@ -15,6 +15,7 @@ go one token at a time, since each new token depends on the last.)
     perplexity       exp(mean loss per token), pooled correctly over batches
     random_windows   a batch of random training windows (inputs, next-token targets)
     evaluate_lm      loss and perplexity of a model on a held-out token stream
+    BigramLM         the baseline: next-token counts given the previous token only
 
 Letters in the shape comments: B batch, T time (sequence length), V vocabulary.
 """
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from .mlm import IGNORE_INDEX
 
-__all__ = ["clm_loss", "perplexity", "random_windows", "evaluate_lm"]
+__all__ = ["clm_loss", "perplexity", "random_windows", "evaluate_lm", "BigramLM"]
 
 
 def clm_loss(logits: torch.Tensor, input_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -146,3 +147,32 @@ def evaluate_lm(model, ids: torch.Tensor, block_size: int, batch_size: int = 16,
     model.train(was_training)
     loss = total.item() / count                                             # the one read
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+class BigramLM(torch.nn.Module):
+    """A bigram language model (Shannon, 1948): P(next | previous token), counted on a token stream.
+
+    Add-`smoothing` counts, so every pair has some probability. Called like a GPT, it returns
+    logits (B, T, V) that depend on the last token only, so `plmkit.generate` can sample from it.
+
+    >>> lm = BigramLM(torch.tensor([0, 1, 0, 1, 0, 2]), vocab_size=3, smoothing=0.0)
+    >>> lm.log_probs.exp()[0]                       # after 0: 1 twice, 2 once
+    tensor([0.0000, 0.6667, 0.3333])
+    """
+
+    def __init__(self, ids: torch.Tensor, vocab_size: int, smoothing: float = 1.0):
+        super().__init__()
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or len(ids) < 2:
+            raise ValueError("ids must be a 1-D token stream of length >= 2")
+        if not isinstance(vocab_size, int) or vocab_size < 1 or int(ids.max()) >= vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"vocab_size must be an int > every id (max id {int(ids.max())}), got {vocab_size!r}")
+        if smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {smoothing!r}")
+        counts = torch.full((vocab_size, vocab_size), float(smoothing))
+        counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1), accumulate=True)
+        log_probs = counts.log() - counts.sum(-1, keepdim=True).clamp_min(1e-30).log()     # (V, V)
+        self.register_buffer("log_probs", log_probs)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) logits: row t is log P(next | input_ids[:, t])."""
+        return self.log_probs[input_ids]

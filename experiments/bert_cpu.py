@@ -14,7 +14,7 @@ for several seeds so that the book can print mean [min, max] beside the live run
              MiniLM + a start/end head (plmkit's BertForQuestionAnswering), 60 steps
              on 400 lines of the training plays, against two heuristics.
 
-    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~15 min on one CPU thread
+    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~5 min on one CPU thread (3 seeds)
     python experiments/bert_cpu.py --smoke --out /tmp/smoke.json              # seconds: tests/test_experiments_bert.py
 """
 from __future__ import annotations

@@ -10,11 +10,15 @@ for several seeds so that the book can print mean [min, max] beside the live run
 * finetune   Shakespeare-or-Milton lines, every weight trained from random weights,
              from that seed's tiny pre-trained BERT, and from MiniLM, at 30, 100 and
              300 labelled lines;
+* features   the same task, feature-based: every encoder frozen, one mean-pooled
+             vector per line, a logistic regression (plmkit.probe.LinearProbe)
+             trained on 30, 100 and 300 labelled lines, each size averaged over
+             20 random labelled draws from a pool of 2,000 lines; 1,000 test lines;
 * qa         "who is named?" extractive QA on verse lines of the held-out plays:
              MiniLM + a start/end head (plmkit's BertForQuestionAnswering), 60 steps
              on 400 lines of the training plays, against two heuristics.
 
-    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~5 min on one CPU thread (3 seeds)
+    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~6 min on one CPU thread (3 seeds)
     python experiments/bert_cpu.py --smoke --out /tmp/smoke.json              # seconds: tests/test_experiments_bert.py
 """
 from __future__ import annotations
@@ -42,15 +46,18 @@ from plmkit.experiment import label  # noqa: E402
 from plmkit.models import BertConfig, BertForPreTraining, BertModel  # noqa: E402
 from plmkit.models import bert as bert_lib  # noqa: E402
 from plmkit.models.bert import BertForQuestionAnswering  # noqa: E402
+from plmkit.probe import LinearProbe, mean_pooled_features  # noqa: E402
 from plmkit.tokenize import WordPiece  # noqa: E402
 from plmkit.train import Trainer  # noqa: E402
 
 HELD_OUT = ["Hamlet", "Twelfth Night", "King Henry V", "Othello"]
 SPEAKER = re.compile(r"^[A-Z][A-Za-z' ]{0,30}\.$")          # "Ham.", "KING HENRY.", "First Clown."
 FULL = dict(seeds=[0, 1, 2], plays=10, vocab=4000, T=32, hidden=64, layers=2, steps=2000, batch=32, lr=3e-3,
-            eval_windows=512, n_trains=[30, 100, 300], n_test=400, qa_train=400, qa_test=300, qa_steps=60)
+            eval_windows=512, n_trains=[30, 100, 300], n_test=400, qa_train=400, qa_test=300, qa_steps=60,
+            feat_pool=2000, feat_test=1000, feat_draws=20)
 SMOKE = dict(seeds=[0, 1], plays=1, vocab=300, T=16, hidden=16, layers=1, steps=3, batch=4, lr=2e-3,
-             eval_windows=8, n_trains=[4], n_test=8, qa_train=4, qa_test=4, qa_steps=1)
+             eval_windows=8, n_trains=[4], n_test=8, qa_train=4, qa_test=4, qa_steps=1,
+             feat_pool=12, feat_test=8, feat_draws=2)
 
 
 def minilm_path() -> str:
@@ -223,6 +230,51 @@ def finetune_runs(su: Setup, tiny_state, seed: int, smoke: bool):
     return out
 
 
+def feature_data(su: Setup):
+    """A balanced pool of labelled candidates and a balanced test set, for the feature-based study.
+
+    Lines longer than the tiny models' T tokens (with [CLS] and [SEP]) are left out.
+    """
+    s = su.s
+
+    def fits(lines):
+        return [l for l in verse_lines(lines) if len(su.tok.encode(l)) <= s["T"]]
+    sh = fits([l for t in HELD_OUT for scene in scenes(su.plays[t]) for _, lines in scene for l in lines])
+    mi = fits([l.strip() for l in load_works("milton")["Paradise Lost"].split("\n")])
+    rng = random.Random(1)
+    half = (s["feat_test"] + s["feat_pool"]) // 2
+    rows = [(l, 0) for l in rng.sample(sh, half)] + [(l, 1) for l in rng.sample(mi, half)]
+    rng.shuffle(rows)
+    return rows[:s["feat_test"]], rows[s["feat_test"]:]
+
+
+def feature_runs(su: Setup, tiny_state, seed: int, smoke: bool):
+    """Frozen encoders + a logistic regression: accuracy per start and size, averaged over labelled draws."""
+    s = su.s
+    test_set, pool = feature_data(su)
+    ids, mask = encode_batch(su.tok, [line for line, _ in test_set + pool])
+    y = torch.tensor([label for _, label in test_set + pool])
+    out = []
+    for name in ("random", "tiny, pre-trained", "MiniLM"):
+        seed_everything(seed + 2)
+        if name == "MiniLM":
+            enc = BertModel.from_pretrained(minilm_path(), **(dict(num_hidden_layers=1) if smoke else {}))
+            X = mean_pooled_features(enc, ids, mask)
+        else:
+            enc = BertModel(BertConfig(**su.tiny))
+            if name == "tiny, pre-trained":
+                enc.load_state_dict(tiny_state)
+            X = mean_pooled_features(enc, su.small_of[ids], mask)
+        X_test, y_test, X_pool, y_pool = X[:len(test_set)], y[:len(test_set)], X[len(test_set):], y[len(test_set):]
+        for n in s["n_trains"]:
+            draws = []
+            for d in range(s["feat_draws"]):
+                idx = torch.tensor(random.Random(1000 * seed + d).sample(range(len(pool)), n))
+                draws.append(LinearProbe().fit(X_pool[idx], y_pool[idx], num_classes=2).score(X_test, y_test))
+            out.append({"seed": seed, "n": n, "start": name, "accuracy": sum(draws) / len(draws), "draws": draws})
+    return out
+
+
 # ----------------------------------------------------------------------------- extractive QA
 
 WORD = re.compile(r"[A-Za-z]+")
@@ -361,12 +413,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bert_cpu.json"))
-    ap.add_argument("--parts", default="pretrain,finetune,qa")
+    ap.add_argument("--parts", default="pretrain,finetune,features,qa")
     args = ap.parse_args(argv)
     s = dict(SMOKE if args.smoke else FULL)
     parts = args.parts.split(",")
     su = Setup(s)
-    results = {"pretrain": [], "finetune": [], "qa": []}
+    results = {"pretrain": [], "finetune": [], "features": [], "qa": []}
     for seed in s["seeds"]:
         model, rec = pretrain(su, seed)
         results["pretrain"].append(rec)
@@ -376,6 +428,10 @@ def main(argv=None):
             results["finetune"] += finetune_runs(su, model.bert.state_dict(), seed, args.smoke)
             print("   ", [(r["n"], r["start"], r["accuracy"]) for r in results["finetune"] if r["seed"] == seed],
                   flush=True)
+        if "features" in parts:
+            results["features"] += feature_runs(su, model.bert.state_dict(), seed, args.smoke)
+            print("   features:", [(r["n"], r["start"], round(r["accuracy"], 3)) for r in results["features"]
+                                   if r["seed"] == seed], flush=True)
         if "qa" in parts:
             results["qa"].append(qa_runs(su, seed, args.smoke))
             print("   ", results["qa"][-1], flush=True)

@@ -21,6 +21,12 @@ def test_bert_cpu_smoke(tmp_path):
         assert r["heldout_loss"] > 0 and r["unigram_loss"] > 0 and len(r["eval_loss"]) == len(r["eval_step"])
     assert {r["start"] for r in res["finetune"]} == {"random", "tiny, pre-trained", "MiniLM"}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["finetune"])
+    feats = res["features"]
+    assert {(r["seed"], r["start"]) for r in feats} == {(s, name) for s in (0, 1)
+                                                     for name in ("random", "tiny, pre-trained", "MiniLM")}
+    for r in feats:
+        assert len(r["draws"]) == record["settings"]["feat_draws"] and all(0.0 <= a <= 1.0 for a in r["draws"])
+        assert abs(r["accuracy"] - sum(r["draws"]) / len(r["draws"])) < 1e-12
     for r in res["qa"]:
         assert set(r["scores"]) == {"MiniLM + QA head", "capitalised word", "most common position"}
         assert all(0.0 <= v["exact_match"] <= v["f1"] <= 1.0 for v in r["scores"].values())

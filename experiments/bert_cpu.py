@@ -14,11 +14,14 @@ for several seeds so that the book can print mean [min, max] beside the live run
              vector per line, a logistic regression (plmkit.probe.LinearProbe)
              trained on 30, 100 and 300 labelled lines, each size averaged over
              20 random labelled draws from a pool of 2,000 lines; 1,000 test lines;
+* long       the tiny BERT pre-trained 4x longer (8,000 steps), then the same
+             fine-tuning and feature-based runs as the tiny start (the random
+             and MiniLM starts do not depend on it);
 * qa         "who is named?" extractive QA on verse lines of the held-out plays:
              MiniLM + a start/end head (plmkit's BertForQuestionAnswering), 60 steps
              on 400 lines of the training plays, against two heuristics.
 
-    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~6 min on one CPU thread (3 seeds)
+    python experiments/bert_cpu.py --out experiments/results/bert_cpu.json   # ~15 min on one CPU thread (3 seeds)
     python experiments/bert_cpu.py --smoke --out /tmp/smoke.json              # seconds: tests/test_experiments_bert.py
 """
 from __future__ import annotations
@@ -54,10 +57,10 @@ HELD_OUT = ["Hamlet", "Twelfth Night", "King Henry V", "Othello"]
 SPEAKER = re.compile(r"^[A-Z][A-Za-z' ]{0,30}\.$")          # "Ham.", "KING HENRY.", "First Clown."
 FULL = dict(seeds=[0, 1, 2], plays=10, vocab=4000, T=32, hidden=64, layers=2, steps=2000, batch=32, lr=3e-3,
             eval_windows=512, n_trains=[30, 100, 300], n_test=400, qa_train=400, qa_test=300, qa_steps=60,
-            feat_pool=2000, feat_test=1000, feat_draws=20)
+            feat_pool=2000, feat_test=1000, feat_draws=20, long_steps=8000)
 SMOKE = dict(seeds=[0, 1], plays=1, vocab=300, T=16, hidden=16, layers=1, steps=3, batch=4, lr=2e-3,
              eval_windows=8, n_trains=[4], n_test=8, qa_train=4, qa_test=4, qa_steps=1,
-             feat_pool=12, feat_test=8, feat_draws=2)
+             feat_pool=12, feat_test=8, feat_draws=2, long_steps=6)
 
 
 def minilm_path() -> str:
@@ -133,8 +136,9 @@ def masked_lm_loss(model, batch):
     return F.cross_entropy(model.mlm(model.bert(masked)[selected]).float(), labels[selected])
 
 
-def pretrain(su: Setup, seed: int):
+def pretrain(su: Setup, seed: int, steps: int | None = None):
     s = su.s
+    steps = steps or s["steps"]
     g = torch.Generator().manual_seed(seed)
 
     def draw():
@@ -151,14 +155,17 @@ def pretrain(su: Setup, seed: int):
     seed_everything(seed)
     model = BertForPreTraining(BertConfig(**su.tiny))
     t0 = time.time()
-    h = Trainer(model, draw, max_steps=s["steps"], eval_data=eval_batches, loss_fn=masked_lm_loss, lr=s["lr"],
-                weight_decay=0.01, warmup_steps=max(s["steps"] // 20, 1), eval_every=max(s["steps"] // 10, 1),
+    h = Trainer(model, draw, max_steps=steps, eval_data=eval_batches, loss_fn=masked_lm_loss, lr=s["lr"],
+                weight_decay=0.01, warmup_steps=max(steps // 20, 1), eval_every=max(steps // 10, 1),
                 log_every=10, progress=False).fit()
     return model, {"seed": seed, "heldout_loss": h["eval_loss"][-1], "unigram_loss": unigram,
                    "eval_step": h["eval_step"], "eval_loss": h["eval_loss"], "seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------- fine-tuning
+
+STARTS = ("random", "tiny, pre-trained", "MiniLM")
+
 
 class MeanPoolClassifier(torch.nn.Module):
     def __init__(self, encoder, num_labels=2):
@@ -210,12 +217,12 @@ def fine_tune(su, model, train_set, test_set, small, lr, seed, batch_size=16):
     return correct / len(test_set)
 
 
-def finetune_runs(su: Setup, tiny_state, seed: int, smoke: bool):
+def finetune_runs(su: Setup, tiny_state, seed: int, smoke: bool, starts=STARTS):
     test_set, train_pool = classification_data(su)
     labelled = random.Random(seed).sample(train_pool, len(train_pool)) if seed else train_pool
     out = []
     for n in su.s["n_trains"]:
-        for name in ("random", "tiny, pre-trained", "MiniLM"):
+        for name in starts:
             seed_everything(seed + 2)
             if name == "MiniLM":
                 cfg = dict(num_hidden_layers=1) if smoke else {}
@@ -248,14 +255,14 @@ def feature_data(su: Setup):
     return rows[:s["feat_test"]], rows[s["feat_test"]:]
 
 
-def feature_runs(su: Setup, tiny_state, seed: int, smoke: bool):
+def feature_runs(su: Setup, tiny_state, seed: int, smoke: bool, starts=STARTS):
     """Frozen encoders + a logistic regression: accuracy per start and size, averaged over labelled draws."""
     s = su.s
     test_set, pool = feature_data(su)
     ids, mask = encode_batch(su.tok, [line for line, _ in test_set + pool])
     y = torch.tensor([label for _, label in test_set + pool])
     out = []
-    for name in ("random", "tiny, pre-trained", "MiniLM"):
+    for name in starts:
         seed_everything(seed + 2)
         if name == "MiniLM":
             enc = BertModel.from_pretrained(minilm_path(), **(dict(num_hidden_layers=1) if smoke else {}))
@@ -413,12 +420,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bert_cpu.json"))
-    ap.add_argument("--parts", default="pretrain,finetune,features,qa")
+    ap.add_argument("--parts", default="pretrain,finetune,features,qa,long")
     args = ap.parse_args(argv)
     s = dict(SMOKE if args.smoke else FULL)
     parts = args.parts.split(",")
     su = Setup(s)
-    results = {"pretrain": [], "finetune": [], "features": [], "qa": []}
+    results = {"pretrain": [], "finetune": [], "features": [], "qa": [],
+               "long": {"steps": s["long_steps"], "pretrain": [], "finetune": [], "features": []}}
     for seed in s["seeds"]:
         model, rec = pretrain(su, seed)
         results["pretrain"].append(rec)
@@ -435,6 +443,18 @@ def main(argv=None):
         if "qa" in parts:
             results["qa"].append(qa_runs(su, seed, args.smoke))
             print("   ", results["qa"][-1], flush=True)
+        if "long" in parts:                  # the same tiny BERT pre-trained 4x longer, as the tiny start
+            long = results["long"]
+            model, rec = pretrain(su, seed, steps=s["long_steps"])
+            long["pretrain"].append(rec)
+            one = ("tiny, pre-trained",)
+            if "finetune" in parts:
+                long["finetune"] += finetune_runs(su, model.bert.state_dict(), seed, args.smoke, starts=one)
+            if "features" in parts:
+                long["features"] += feature_runs(su, model.bert.state_dict(), seed, args.smoke, starts=one)
+            print(f"    {s['long_steps']} steps: held-out MLM {rec['heldout_loss']:.3f};",
+                  [(r["n"], round(r["accuracy"], 3)) for r in long["finetune"] + long["features"] if r["seed"] == seed],
+                  flush=True)
     record = {**label("experiments/bert_cpu.py", argv if argv is not None else sys.argv[1:], "cpu", s["seeds"]),
               "settings": s, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,11 @@ def test_bert_cpu_smoke(tmp_path):
     for r in feats:
         assert len(r["draws"]) == record["settings"]["feat_draws"] and all(0.0 <= a <= 1.0 for a in r["draws"])
         assert abs(r["accuracy"] - sum(r["draws"]) / len(r["draws"])) < 1e-12
+    long = res["long"]
+    assert long["steps"] == record["settings"]["long_steps"] and [r["seed"] for r in long["pretrain"]] == [0, 1]
+    for part in ("finetune", "features"):                 # only the tiny start depends on the longer pre-training
+        assert {r["start"] for r in long[part]} == {"tiny, pre-trained"}
+        assert len(long[part]) == 2 * len(record["settings"]["n_trains"])
     for r in res["qa"]:
         assert set(r["scores"]) == {"MiniLM + QA head", "capitalised word", "most common position"}
         assert all(0.0 <= v["exact_match"] <= v["f1"] <= 1.0 for v in r["scores"].values())

@@ -38,6 +38,11 @@ def run(check, *fns, capsys):
     return bool(verdict), out
 
 
+def _answers(fn) -> tuple:
+    """One answer, or a tuple of them for a check that takes several (split_heads, merge_heads)."""
+    return fn if isinstance(fn, tuple) else (fn,)
+
+
 def case_ids(cases) -> list[str]:
     """Test ids for a CASES table: the checker's name."""
     return [check.name for check, _ in cases]
@@ -48,11 +53,11 @@ def mutant_ids(mutants) -> list[str]:
     return [mutant.__name__ for _, mutant, _ in mutants]
 
 
-def assert_reference_passes(check, fn, capsys) -> None:
-    """The reference answer passes twice, on fresh random cases, with the same one-line verdict."""
+def assert_reference_passes(check, fn, capsys, times: int = 2) -> None:
+    """The reference answer passes `times` times, on fresh random cases, with the same one-line verdict."""
     lines = set()
-    for _ in range(2):
-        ok, out = run(check, fn, capsys=capsys)
+    for _ in range(times):
+        ok, out = run(check, *_answers(fn), capsys=capsys)
         assert ok, out
         assert out.startswith(f"✅ Exercise {check.exercise} ") and out.count("\n") == 1
         lines.add(out)
@@ -61,28 +66,31 @@ def assert_reference_passes(check, fn, capsys) -> None:
 
 def assert_blank_fails(check, blank, capsys) -> None:
     """An untouched stub fails and the verdict says it was not attempted."""
-    ok, out = run(check, blank, capsys=capsys)
+    ok, out = run(check, *_answers(blank), capsys=capsys)
     assert not ok and "not attempted yet" in out
 
 
 def assert_fails(check, fn, capsys) -> None:
     """`fn` (an answer returning None, say) fails."""
-    ok, out = run(check, fn, capsys=capsys)
+    ok, out = run(check, *_answers(fn), capsys=capsys)
     assert not ok, out
 
 
-def assert_refused(check, shortcut, capsys) -> None:
-    """Calling the reference (or torch's built-in twin) fails, and the verdict names it."""
-    ok, out = run(check, shortcut, capsys=capsys)
+def assert_refused(check, shortcut, capsys, named: str | None = None) -> None:
+    """Calling the reference (or torch's built-in twin) fails, and the verdict names it (and `named`, if given)."""
+    ok, out = run(check, *_answers(shortcut), capsys=capsys)
     assert not ok and "is the reference here" in out, out
-
-
-def assert_mutant_fails(check, mutant, named, capsys) -> None:
-    """A plausible bug fails; where `named` is given the verdict contains those words."""
-    ok, out = run(check, mutant, capsys=capsys)
-    assert not ok, out
     if named:
         assert named in out, out
+
+
+def assert_mutant_fails(check, mutant, named, capsys, times: int = 1) -> None:
+    """A plausible bug fails on each of `times` random draws; where `named` is given the verdict has those words."""
+    for _ in range(times):
+        ok, out = run(check, *_answers(mutant), capsys=capsys)
+        assert not ok, out
+        if named:
+            assert named in out, out
 
 
 def assert_mutants_cover(mutants, chapter: int, n_exercises: int) -> None:
@@ -94,7 +102,20 @@ def assert_mutants_cover(mutants, chapter: int, n_exercises: int) -> None:
     assert min(counts.values()) >= 3
 
 
+def recorded_verdict(check, fn, seed: int, folder):
+    """Grade `fn` the way `plmkit grade` does: record in the 'kernel', judge from the files; return the verdict."""
+    assert check.record(fn, seed=seed, folder=folder).recorded
+    return judge_recorded(check.exercise, seed, folder)
+
+
 def recorded_passes(check, fn, seed: int, folder) -> bool:
     """Grade `fn` the way `plmkit grade` does: record in the 'kernel', judge from the files."""
-    assert check.record(fn, seed=seed, folder=folder).recorded
-    return judge_recorded(check.exercise, seed, folder).passed
+    return recorded_verdict(check, fn, seed, folder).passed
+
+
+def recorded_agrees_with_honour(check, fn, seed: int, folder) -> bool:
+    """Graded from the files, `fn` gets the very line honour mode gives it; return whether it passed."""
+    honour = check.honour(fn, seed=seed)
+    graded = recorded_verdict(check, fn, seed, folder)
+    assert graded.line == honour.line, (honour.line, graded.line)
+    return graded.passed

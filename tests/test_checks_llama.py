@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checker_harness import (assert_blank_fails, assert_mutant_fails, assert_reference_passes, assert_refused,
+                             make_blank, mutant_ids, recorded_agrees_with_honour)
 from plmkit.checks import llama as checks
 from plmkit.nn import rotary
 from solution_code import solutions
@@ -15,32 +17,17 @@ NAMES = ("rms_norm", "swiglu", "apply_rope", "grouped_attention", "llama_num_par
 REFERENCES = [(getattr(checks, f"check_{name}"), SOL[name]) for name in NAMES]
 
 
-def blank(*args, **kwargs):
-    raise NotImplementedError("Exercise 6.1: replace this line with your code")
-
-
-def run(check, fn, capsys):
-    verdict = check(fn)
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == verdict.line
-    return bool(verdict), out
+blank = make_blank(6)
 
 
 @pytest.mark.parametrize("check, fn", REFERENCES, ids=NAMES)
 def test_reference_passes_with_a_stable_line(check, fn, capsys):
-    lines = set()
-    for _ in range(3):
-        ok, out = run(check, fn, capsys)
-        assert ok, out
-        assert out.startswith("✅ Exercise 6.") and out.count("\n") == 1
-        lines.add(out)
-    assert len(lines) == 1
+    assert_reference_passes(check, fn, capsys, times=3)
 
 
 @pytest.mark.parametrize("check", [c for c, _ in REFERENCES], ids=NAMES)
 def test_blank_fails(check, capsys):
-    ok, out = run(check, blank, capsys)
-    assert not ok and "not attempted" in out
+    assert_blank_fails(check, blank, capsys)
 
 
 # ----------------------------------------------------------------------------- plausible bugs
@@ -239,26 +226,18 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("check, fn, hint", MUTANTS, ids=[b.__name__ for _, b, _ in MUTANTS])
+@pytest.mark.parametrize("check, fn, hint", MUTANTS, ids=mutant_ids(MUTANTS))
 def test_plausible_bug_fails(check, fn, hint, capsys):
-    for _ in range(3):                                       # on every random draw, not just most
-        ok, out = run(check, fn, capsys)
-        assert not ok, f"{fn.__name__} passed:\n{out}"
-        assert hint in out, f"{fn.__name__}: expected the hint {hint!r} in:\n{out}"
+    assert_mutant_fails(check, fn, hint, capsys, times=3)     # on every random draw, not just most
 
 
 # ----------------------------------------------------------------------------- grading path and references
 @pytest.mark.parametrize("check, fn", REFERENCES, ids=NAMES)
 def test_solution_and_a_bug_agree_through_the_grading_path(check, fn, tmp_path):
     """Recorded in a folder, then judged from the files as the grader does: same verdict as in-process."""
-    from plmkit import checks as registry
     bug = next(b for c, b, _ in MUTANTS if c is check)
     for learner, should_pass in ((fn, True), (bug, False)):
-        folder = tmp_path / learner.__name__
-        honour = check.honour(learner, seed=7)
-        check.record(learner, seed=7, folder=folder)
-        graded = registry.judge_recorded(check.exercise, 7, folder)
-        assert graded.line == honour.line and bool(graded) is should_pass, (honour.line, graded.line)
+        assert recorded_agrees_with_honour(check, learner, 7, tmp_path / learner.__name__) is should_pass
 
 
 def ref_rms(x, weight, eps=1e-6):
@@ -300,5 +279,4 @@ def ref_optimal(C, E, A, B, alpha, beta):
     (checks.check_grouped_attention, ref_gqa), (checks.check_llama_num_parameters, ref_count),
     (checks.check_compute_optimal, ref_optimal)], ids=lambda v: getattr(v, "__name__", ""))
 def test_calling_the_reference_fails(check, shortcut, capsys):
-    ok, out = run(check, shortcut, capsys)
-    assert not ok and "which is the reference here" in out, out
+    assert_refused(check, shortcut, capsys, named="which is the reference here")

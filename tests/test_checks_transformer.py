@@ -6,18 +6,11 @@ import torch
 from torch import nn
 
 import plmkit.nn as pn
+from checker_harness import (assert_blank_fails, assert_fails, assert_mutant_fails, assert_reference_passes,
+                             assert_refused, make_blank)
 from plmkit.checks import transformer as checks
 
-
-def blank(*args, **kwargs):
-    raise NotImplementedError("Exercise 2.x: replace this line with your code")
-
-
-def run(check, *fns, capsys):
-    verdict = check(*fns)
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == verdict.line
-    return bool(verdict), out
+blank = make_blank(2)
 
 
 # ---------------------------------------------------------------- reference answers (as in the notebook)
@@ -96,13 +89,7 @@ CASES = [
 
 def test_references_pass_with_a_stable_verdict(capsys):
     for check, fns in CASES:
-        lines = set()
-        for _ in range(3):                                   # fresh random inputs each time, same line
-            ok, out = run(check, *fns, capsys=capsys)
-            assert ok, out
-            assert out.startswith("✅ Exercise 2.") and out.count("\n") == 1
-            lines.add(out)
-        assert len(lines) == 1
+        assert_reference_passes(check, fns, capsys, times=3)     # fresh random inputs each time, same line
 
 
 def test_plmkit_reference_is_refused(capsys):
@@ -111,20 +98,17 @@ def test_plmkit_reference_is_refused(capsys):
                        (checks.check_causal_mask, (pn.causal_mask,)),
                        (checks.check_layer_norm, (pn.layer_norm,)),
                        (checks.check_mha, (pn.MultiHeadAttention,))]:
-        ok, out = run(check, *fns, capsys=capsys)
-        assert not ok and "is the reference here" in out, out
+        assert_refused(check, fns, capsys)
 
 
 def test_blank_fails_every_checker(capsys):
     for check, fns in CASES:
-        ok, out = run(check, *[blank] * len(fns), capsys=capsys)
-        assert not ok and "not attempted yet" in out, check.name
+        assert_blank_fails(check, (blank,) * len(fns), capsys)
 
     class BlankBlock(PreLNBlock):
         def forward(self, x, mask=None):
             raise NotImplementedError("Exercise 2.6: replace this line with your code")
-    ok, out = run(checks.check_pre_ln_block, BlankBlock, capsys=capsys)
-    assert not ok and "not attempted yet" in out
+    assert_blank_fails(checks.check_pre_ln_block, BlankBlock, capsys)
 
 
 # ---------------------------------------------------------------- 2.1 attention
@@ -145,9 +129,7 @@ def _attention_bug(kind):
 @pytest.mark.parametrize("kind, hint", [("wrong_axis", "query axis"), ("no_scale", "sqrt(D)"),
                                         ("mask_after", "after the softmax")])
 def test_attention_bugs_fail_and_are_named(kind, hint, capsys):
-    ok, out = run(checks.check_attention, _attention_bug(kind), capsys=capsys)
-    assert not ok, out
-    assert hint in out, out
+    assert_mutant_fails(checks.check_attention, _attention_bug(kind), hint, capsys)
 
 
 def test_attention_other_bugs(capsys):
@@ -161,9 +143,9 @@ def test_attention_other_bugs(capsys):
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out, attention(q, k, v, mask)[1]
 
-    for bug in (output_only, inverted, uses_torch):
-        assert not run(checks.check_attention, bug, capsys=capsys)[0], bug.__name__
-    assert "calls `F.scaled_dot_product_attention`" in run(checks.check_attention, uses_torch, capsys=capsys)[1]
+    for bug in (output_only, inverted):
+        assert_fails(checks.check_attention, bug, capsys)
+    assert_mutant_fails(checks.check_attention, uses_torch, "calls `F.scaled_dot_product_attention`", capsys)
 
 
 # ---------------------------------------------------------------- 2.2 causal mask
@@ -175,8 +157,7 @@ def test_causal_mask_bugs(capsys):
         "swapped": lambda T: ~torch.ones(T, T, dtype=torch.bool).tril(),
     }
     for hint, bug in bugs.items():
-        ok, out = run(checks.check_causal_mask, bug, capsys=capsys)
-        assert not ok and hint in out, out
+        assert_mutant_fails(checks.check_causal_mask, bug, hint, capsys)
 
 
 # ---------------------------------------------------------------- 2.3 heads
@@ -193,12 +174,9 @@ def test_heads_merged_in_wrong_order_fail(capsys):
         B, T, C = x.shape
         return x.view(B, n_heads, T, C // n_heads)
 
-    ok, out = run(checks.check_heads, split_heads, merge_no_transpose, capsys=capsys)
-    assert not ok and "transpose(1, 2)" in out
-    ok, out = run(checks.check_heads, split_heads, merge_d_major, capsys=capsys)
-    assert not ok and "wrong order" in out
-    ok, out = run(checks.check_heads, split_view, merge_heads, capsys=capsys)
-    assert not ok and "mixes positions" in out
+    assert_mutant_fails(checks.check_heads, (split_heads, merge_no_transpose), "transpose(1, 2)", capsys)
+    assert_mutant_fails(checks.check_heads, (split_heads, merge_d_major), "wrong order", capsys)
+    assert_mutant_fails(checks.check_heads, (split_view, merge_heads), "mixes positions", capsys)
 
 
 # ---------------------------------------------------------------- 2.4 sinusoidal
@@ -216,11 +194,9 @@ def test_sinusoidal_bugs(capsys):
         pe = sinusoidal_encoding(T, d)
         return torch.cat([pe[:, 0::2], pe[:, 1::2]], 1)
 
-    ok, out = run(checks.check_sinusoidal, swapped, capsys=capsys)
-    assert not ok and "swapped" in out
-    ok, out = run(checks.check_sinusoidal, wrong_freq, capsys=capsys)
-    assert not ok and "frequencies" in out
-    assert not run(checks.check_sinusoidal, blocks, capsys=capsys)[0]
+    assert_mutant_fails(checks.check_sinusoidal, swapped, "swapped", capsys)
+    assert_mutant_fails(checks.check_sinusoidal, wrong_freq, "frequencies", capsys)
+    assert_fails(checks.check_sinusoidal, blocks, capsys)
 
 
 # ---------------------------------------------------------------- 2.5 LayerNorm
@@ -240,14 +216,11 @@ def test_layer_norm_bugs(capsys):
     def uses_torch(x, w, b, eps=1e-5):
         return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
 
-    ok, out = run(checks.check_layer_norm, unbiased, capsys=capsys)
-    assert not ok and "biased variance" in out
-    ok, out = run(checks.check_layer_norm, eps_outside, capsys=capsys)
-    assert not ok and "inside the square root" in out
-    ok, out = run(checks.check_layer_norm, over_batch, capsys=capsys)
-    assert not ok and "last dim only" in out
-    assert not run(checks.check_layer_norm, no_affine, capsys=capsys)[0]
-    assert "calls torch's layer norm" in run(checks.check_layer_norm, uses_torch, capsys=capsys)[1]
+    assert_mutant_fails(checks.check_layer_norm, unbiased, "biased variance", capsys)
+    assert_mutant_fails(checks.check_layer_norm, eps_outside, "inside the square root", capsys)
+    assert_mutant_fails(checks.check_layer_norm, over_batch, "last dim only", capsys)
+    assert_fails(checks.check_layer_norm, no_affine, capsys)
+    assert_mutant_fails(checks.check_layer_norm, uses_torch, "calls torch's layer norm", capsys)
 
 
 # ---------------------------------------------------------------- 2.6 Pre-LN block
@@ -282,14 +255,11 @@ def test_pre_ln_block_bugs(capsys):
         def forward(self, x, mask=None):
             return self.block(x, mask)
 
-    ok, out = run(checks.check_pre_ln_block, PostLN, capsys=capsys)
-    assert not ok and "Post-LN" in out
-    ok, out = run(checks.check_pre_ln_block, ForgetsMask, capsys=capsys)
-    assert not ok and "mask was not passed" in out
+    assert_mutant_fails(checks.check_pre_ln_block, PostLN, "Post-LN", capsys)
+    assert_mutant_fails(checks.check_pre_ln_block, ForgetsMask, "mask was not passed", capsys)
     for bug in (NormsTheStream, NoResidual):
-        assert not run(checks.check_pre_ln_block, bug, capsys=capsys)[0], bug.__name__
-    ok, out = run(checks.check_pre_ln_block, Renamed, capsys=capsys)
-    assert not ok and "missing the submodules" in out
+        assert_fails(checks.check_pre_ln_block, bug, capsys)
+    assert_mutant_fails(checks.check_pre_ln_block, Renamed, "missing the submodules", capsys)
 
 
 def test_pre_ln_block_must_use_the_learners_attention(capsys):
@@ -297,8 +267,7 @@ def test_pre_ln_block_must_use_the_learners_attention(capsys):
         def __init__(self, d_model, n_heads, d_ff):
             super().__init__(d_model, n_heads, d_ff)
             self.attn = pn.MultiHeadAttention(d_model, n_heads)
-    ok, out = run(checks.check_pre_ln_block, WithPlmkitAttention, capsys=capsys)
-    assert not ok and "pn.MultiHeadAttention" in out and "is the reference here" in out, out
+    assert_refused(checks.check_pre_ln_block, WithPlmkitAttention, capsys, named="pn.MultiHeadAttention")
 
 
 # ---------------------------------------------------------------- 2.7 multi-head attention
@@ -328,8 +297,7 @@ def _mha_bug(kind):
     ("no_mask", "mask is not passed"),
 ])
 def test_mha_bugs_are_named(kind, hint, capsys):
-    ok, out = run(checks.check_mha, _mha_bug(kind), capsys=capsys)
-    assert not ok and hint in out, out
+    assert_mutant_fails(checks.check_mha, _mha_bug(kind), hint, capsys)
 
 
 def test_mha_needs_the_documented_submodules(capsys):
@@ -341,8 +309,7 @@ def test_mha_needs_the_documented_submodules(capsys):
 
         def forward(self, x, context=None, mask=None):
             return x
-    ok, out = run(checks.check_mha, Packed, capsys=capsys)
-    assert not ok and "q_proj" in out, out
+    assert_mutant_fails(checks.check_mha, Packed, "q_proj", capsys)
 
 
 def test_mha_is_judged_against_torch():

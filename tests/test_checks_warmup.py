@@ -6,43 +6,31 @@ tests what is particular to chapter 0 (messages, the training loop, input valida
 import torch
 import torch.nn.functional as F
 
+from checker_harness import (assert_blank_fails, assert_fails, assert_mutant_fails, assert_reference_passes,
+                             assert_refused, make_blank)
 from plmkit import basics
 from plmkit.checks import warmup as checks
 from solution_code import solutions
 
 SOL = solutions("00_warmup")
-
-
-def blank(*args, **kwargs):
-    raise NotImplementedError("Exercise 0.1: replace this line with your code")
-
-
-def run(check, fn, capsys):
-    verdict = check(fn)
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == verdict.line
-    return bool(verdict), out
+blank = make_blank(0)
 
 
 def test_solutions_pass(capsys):
     for check, name in [(checks.check_softmax, "softmax"), (checks.check_log_softmax, "log_softmax"),
                         (checks.check_cross_entropy, "cross_entropy"), (checks.check_train_loop, "train_loop")]:
-        ok, out = run(check, SOL[name], capsys)
-        assert ok, out
-        assert out.startswith("✅ Exercise 0.") and out.count("\n") == 1
+        assert_reference_passes(check, SOL[name], capsys)
 
 
 def test_plmkit_reference_is_refused(capsys):
     for check, fn in [(checks.check_softmax, basics.softmax), (checks.check_log_softmax, basics.log_softmax),
                       (checks.check_cross_entropy, basics.cross_entropy), (checks.check_train_loop, basics.train_loop)]:
-        ok, out = run(check, fn, capsys)
-        assert not ok and "which is the reference here" in out, out
+        assert_refused(check, fn, capsys, named="which is the reference here")
 
 
 def test_blank_fails_every_checker(capsys):
     for check in (checks.check_softmax, checks.check_log_softmax, checks.check_cross_entropy, checks.check_train_loop):
-        ok, out = run(check, blank, capsys)
-        assert not ok and "not attempted yet" in out
+        assert_blank_fails(check, blank, capsys)
 
 
 def test_softmax_bugs(capsys):
@@ -56,11 +44,9 @@ def test_softmax_bugs(capsys):
     def uses_torch(x, dim=-1):
         return torch.softmax(x, dim=dim)
 
-    for bug in (naive, wrong_dim, uses_torch):
-        ok, out = run(checks.check_softmax, bug, capsys)
-        assert not ok, bug.__name__
-    assert "exp overflowed" in run(checks.check_softmax, naive, capsys)[1]
-    assert "torch's softmax" in run(checks.check_softmax, uses_torch, capsys)[1]
+    assert_mutant_fails(checks.check_softmax, naive, "exp overflowed", capsys)
+    assert_fails(checks.check_softmax, wrong_dim, capsys)
+    assert_mutant_fails(checks.check_softmax, uses_torch, "torch's softmax", capsys)
 
 
 def test_log_softmax_bugs(capsys):
@@ -71,7 +57,7 @@ def test_log_softmax_bugs(capsys):
         return x - x.exp().sum(dim=dim, keepdim=True).log()
 
     for bug in (log_of_softmax, no_shift):
-        assert not run(checks.check_log_softmax, bug, capsys)[0], bug.__name__
+        assert_fails(checks.check_log_softmax, bug, capsys)
 
 
 def test_cross_entropy_bugs(capsys):
@@ -90,9 +76,9 @@ def test_cross_entropy_bugs(capsys):
     def returns_float(logits, targets, ignore_index=-100):
         return basics.cross_entropy(logits, targets, ignore_index).item()
 
-    for bug in (ignores_nothing, sums_instead_of_mean, returns_float):
-        assert not run(checks.check_cross_entropy, bug, capsys)[0], bug.__name__
-    assert "ignored targets" in run(checks.check_cross_entropy, ignores_nothing, capsys)[1]
+    assert_mutant_fails(checks.check_cross_entropy, ignores_nothing, "ignored targets", capsys)
+    for bug in (sums_instead_of_mean, returns_float):
+        assert_fails(checks.check_cross_entropy, bug, capsys)
 
 
 def test_train_loop_bugs(capsys):
@@ -124,19 +110,16 @@ def test_train_loop_bugs(capsys):
             losses.append(loss)
         return losses
 
-    ok, out = run(checks.check_train_loop, no_zero_grad, capsys)
-    assert not ok and "zero_grad" in out
-    ok, out = run(checks.check_train_loop, no_step, capsys)
-    assert not ok and "step()" in out
-    assert not run(checks.check_train_loop, tensors_not_floats, capsys)[0]
+    assert_mutant_fails(checks.check_train_loop, no_zero_grad, "zero_grad", capsys)
+    assert_mutant_fails(checks.check_train_loop, no_step, "step()", capsys)
+    assert_fails(checks.check_train_loop, tensors_not_floats, capsys)
 
 
 def test_a_crashing_answer_is_reported_not_raised(capsys):
     def crashes(x, dim=-1):
         raise TypeError("boom")
 
-    ok, out = run(checks.check_softmax, crashes, capsys)
-    assert not ok and "raised TypeError: boom" in out
+    assert_mutant_fails(checks.check_softmax, crashes, "raised TypeError: boom", capsys)
 
 
 def test_basics_validate_input():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from plmkit.models.bert import mean_pool
+
 __all__ = ["mean_pooled_features", "LinearProbe"]
 
 
@@ -40,9 +42,7 @@ def mean_pooled_features(encoder: torch.nn.Module, ids: torch.Tensor, attention_
         with torch.no_grad():
             for i in range(0, len(ids), batch_size):
                 x, m = ids[i:i + batch_size].to(device), attention_mask[i:i + batch_size].to(device)
-                hidden = encoder(x, attention_mask=m).float()                       # (b, T, H)
-                w = m.unsqueeze(-1).float()
-                out.append(((hidden * w).sum(1) / w.sum(1).clamp(min=1)).cpu())   # (b, H)
+                out.append(mean_pool(encoder(x, attention_mask=m).float(), m).cpu())   # (b, H)
     finally:
         encoder.train(was_training)
     return torch.cat(out)
@@ -79,9 +79,14 @@ class LinearProbe:
         """Fit on features X (N, H) and integer labels y (N,); returns self."""
         if X.dim() != 2 or y.dim() != 1 or len(X) != len(y) or len(y) == 0:
             raise ValueError(f"X must be (N, H) and y (N,) with N > 0, got {tuple(X.shape)} and {tuple(y.shape)}")
+        if not X.is_floating_point():
+            raise ValueError(f"X must hold floating-point features, got {X.dtype}")
         if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0:
             raise ValueError("y must hold non-negative integer class labels")
-        k = num_classes or int(y.max()) + 1
+        k = int(y.max()) + 1 if num_classes is None else num_classes
+        if not isinstance(k, int) or k < max(2, int(y.max()) + 1):
+            raise ValueError(f"num_classes must be an int >= 2 and above every label (max {int(y.max())}), "
+                             f"got {num_classes!r}")
         self.mean = X.double().mean(0)
         self.std = X.double().std(0, unbiased=False).clamp(min=1e-8)
         y = y.long()

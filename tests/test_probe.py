@@ -55,6 +55,10 @@ def test_probe_errors_name_the_problem():
         LinearProbe().predict(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"X must be \(N, H\)"):
         LinearProbe().fit(torch.zeros(3), torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="floating-point features"):
+        LinearProbe().fit(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_classes must be"):
+        LinearProbe().fit(torch.zeros(3, 2), torch.tensor([0, 2, 1]), num_classes=2)
     with pytest.raises(ValueError, match="integer class labels"):
         LinearProbe().fit(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
 

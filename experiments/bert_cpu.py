@@ -238,7 +238,8 @@ def finetune_runs(su: Setup, tiny_state, seed: int, smoke: bool, starts=STARTS):
 
 
 def feature_data(su: Setup):
-    """A balanced pool of labelled candidates and a balanced test set, for the feature-based study.
+    """A test set and a pool of labelled candidates for the feature-based study, cut from one shuffled
+    list of equally many Shakespeare and Milton lines.
 
     Lines longer than the tiny models' T tokens (with [CLS] and [SEP]) are left out.
     """

@@ -64,7 +64,11 @@ class LinearProbe:
     def __init__(self, l2: float = 0.1, max_iter: int = 500, tol: float = 1e-6):
         if not l2 > 0:
             raise ValueError(f"l2 must be > 0 (it makes the optimum unique), got {l2!r}")
-        self.l2, self.max_iter, self.tol = float(l2), int(max_iter), float(tol)
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol!r}")
+        self.l2, self.max_iter, self.tol = float(l2), max_iter, float(tol)
         self.weight = self.bias = None
 
     def _standardise(self, X: torch.Tensor) -> torch.Tensor:
@@ -108,6 +112,9 @@ class LinearProbe:
         """The most likely class of each row of X."""
         if self.weight is None:
             raise RuntimeError("LinearProbe.predict called before fit")
+        if X.dim() != 2 or X.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"X must be (N, {self.weight.shape[1]}) like the features it was fitted on, "
+                             f"got {tuple(X.shape)}")
         return (self._standardise(X) @ self.weight.T + self.bias).argmax(-1)
 
     def score(self, X: torch.Tensor, y: torch.Tensor) -> float:

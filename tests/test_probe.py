@@ -51,6 +51,13 @@ def test_stronger_penalty_shrinks_weights_and_separable_data_is_learned():
 def test_probe_errors_name_the_problem():
     with pytest.raises(ValueError, match="l2 must be > 0"):
         LinearProbe(l2=0)
+    with pytest.raises(ValueError, match="max_iter must be a positive int"):
+        LinearProbe(max_iter=0)
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        LinearProbe(tol=0)
+    X, y = noisy_problem()
+    with pytest.raises(ValueError, match=r"X must be \(N, 7\) like the features it was fitted on"):
+        LinearProbe().fit(X, y).predict(X[:, :3])
     with pytest.raises(RuntimeError, match="before fit"):
         LinearProbe().predict(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"X must be \(N, H\)"):

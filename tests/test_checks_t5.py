@@ -698,6 +698,8 @@ def test_the_notebooks_own_solutions_pass(capsys):
     for check, fn in CASES:
         ok, out = run(check, ns[fn.__name__], capsys=capsys)
         assert ok, out
+    ok, out = run(checks.check_t5_logits, ns["t5_encode"], ns["t5_decode"], ns["t5_logits"], capsys=capsys)
+    assert ok, out
 
 
 # ---------------------------------------------------------------- 5.8, 5.9, 5.11: references refused, the capstone

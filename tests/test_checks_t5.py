@@ -767,3 +767,20 @@ def test_noise_mask_chi_square_accepts_the_reference_over_many_runs():
             pmf = checks._composition_pmf(noise, spans)
             counts = [firsts.count(j) for j in range(1, len(pmf) + 1)]
             assert checks._chi_square_p(counts, pmf) > 1e-4
+
+
+@pytest.mark.parametrize("check,answers,passes", [
+    (checks.check_random_spans_noise_mask, (random_spans_noise_mask,), True),
+    (checks.check_random_spans_noise_mask, (noise_fixed_spans,), False),
+    (checks.check_blank_infilling, (blank_infilling,), True),
+    (checks.check_blank_infilling, (glm_gpt_positions,), False),
+    (checks.check_t5_logits, make_t5(""), True),
+    (checks.check_t5_logits, make_t5("no head scale"), False),
+], ids=["noise", "noise_bug", "glm", "glm_bug", "t5", "t5_bug"])
+def test_new_exercises_graded_from_the_record_as_in_honour_mode(check, answers, passes, tmp_path):
+    """Grading mode (record in the kernel, judge from the files) gives the very line honour mode gives (~6 s)."""
+    from plmkit.checks import judge_recorded
+    honour = check.honour(*answers, seed=11)
+    assert check.record(*answers, seed=11, folder=tmp_path).recorded
+    graded = judge_recorded(check.exercise, 11, tmp_path)
+    assert graded.line == honour.line and graded.passed is passes, (honour.line, graded.line)

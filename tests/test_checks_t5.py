@@ -784,3 +784,12 @@ def test_new_exercises_graded_from_the_record_as_in_honour_mode(check, answers, 
     assert check.record(*answers, seed=11, folder=tmp_path).recorded
     graded = judge_recorded(check.exercise, 11, tmp_path)
     assert graded.line == honour.line and graded.passed is passes, (honour.line, graded.line)
+
+
+def test_noise_mask_checker_counts_are_t5s_definitions():
+    """The counts the 5.8 checker demands (read off plmkit's reference) are T5's float32 definitions."""
+    from test_objectives_seq2seq import t5_counts
+    for L in range(1, 200):
+        for d, m in ((0.15, 3.0), (0.3, 3.0), (0.5, 1.0), (0.2, 10.0)):
+            noise, spans = t5_counts(L, d, m)
+            assert checks._noise_counts(L, d, m) == (noise, min(spans, max(L, 2) - noise)), (L, d, m)

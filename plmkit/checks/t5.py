@@ -558,13 +558,11 @@ _P_MIN = 1e-6               # a correct function fails one chi-square test with 
 
 
 def _noise_counts(length: int, density: float, mean: float) -> tuple[int, int]:
-    """(noise tokens, noise spans) as T5 defines them: float32, round half to even, at least 1 of each."""
-    L = max(length, 2)
-    f32 = torch.float32
-    noise = int(torch.round(torch.tensor(L, dtype=f32) * torch.tensor(density, dtype=f32)))
-    noise = min(max(noise, 1), L - 1)
-    spans = max(int(torch.round(torch.tensor(noise, dtype=f32) / torch.tensor(mean, dtype=f32))), 1)
-    return noise, min(spans, L - noise)
+    """(noise tokens, noise spans) of a length-`length` text: read off a draw of plmkit's reference (the counts
+    do not depend on the draw; for length 1, T5's 2-token mask before it is cut back)."""
+    ref = _span.random_spans_noise_mask(max(length, 2), density, mean, torch.Generator().manual_seed(0))
+    noise_runs, _, _ = _runs(ref)
+    return int(ref.sum()), len(noise_runs)
 
 
 def _runs(mask: torch.Tensor) -> tuple[list[int], list[int], bool]:

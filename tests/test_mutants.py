@@ -1,6 +1,8 @@
 """Mutation tests: every exercise's checker fails plausible bugs and shortcuts, and passes the solution.
 
-MUTANTS is the table: (exercise id, what the bug is, the buggy answer). Each row must
+MUTANTS is the table: (exercise id, what the bug is, the buggy answer), for the exercises
+that are not yet specs (a spec's likely bugs live in its trusted half, plmkit/checks/_judges/,
+and tests/test_specs.py runs them). Each row must
 FAIL its checker, both in honour mode and through the grading path (record in a
 temporary folder, then `judge_recorded` on the files, as the grader does). The
 book's own solution code (extracted from solutions/*.ipynb) must pass both ways, and
@@ -63,113 +65,6 @@ def both_ways(exercise, learner, tmp_path, seed):
     graded = checks.judge_recorded(exercise, seed, tmp_path)
     assert graded.line == honour.line and graded.passed == honour.passed, (honour.line, graded.line)
     return graded
-
-
-# ============================================================================ chapter 0
-
-def sm_no_shift(x, dim=-1):
-    return x.exp() / x.exp().sum(dim=dim, keepdim=True)
-
-
-def sm_last_dim(x, dim=-1):
-    z = x - x.amax(dim=-1, keepdim=True)
-    return z.exp() / z.exp().sum(dim=-1, keepdim=True)
-
-
-def sm_global_sum(x, dim=-1):
-    z = x - x.amax(dim=dim, keepdim=True)
-    return z.exp() / z.exp().sum()
-
-
-def sm_float32(x, dim=-1):
-    z = x.float() - x.float().amax(dim=dim, keepdim=True)
-    return z.exp() / z.exp().sum(dim=dim, keepdim=True)
-
-
-def sm_in_place(x, dim=-1):
-    x.sub_(x.amax(dim=dim, keepdim=True).detach())
-    return x.exp() / x.exp().sum(dim=dim, keepdim=True)
-
-
-def sm_detached(x, dim=-1):
-    z = (x - x.amax(dim=dim, keepdim=True)).detach()
-    return z.exp() / z.exp().sum(dim=dim, keepdim=True)
-
-
-def lsm_log_of_softmax(x, dim=-1):
-    return torch.log(sm_last_dim(x.movedim(dim, -1)).movedim(-1, dim))
-
-
-def lsm_no_shift(x, dim=-1):
-    return x - x.exp().sum(dim=dim, keepdim=True).log()
-
-
-def lsm_last_dim(x, dim=-1):
-    z = x - x.amax(dim=-1, keepdim=True)
-    return z - z.exp().sum(dim=-1, keepdim=True).log()
-
-
-def lsm_no_keepdim_max(x, dim=-1):
-    z = x - x.max()                                     # one global max: rows far below it underflow
-    return z - z.exp().sum(dim=dim, keepdim=True).log()
-
-
-def _ce(logits, targets, keep, reduce="mean"):
-    z = logits[keep] - logits[keep].amax(-1, keepdim=True)
-    logp = z - z.exp().sum(-1, keepdim=True).log()
-    picked = logp.gather(1, targets[keep][:, None])
-    return -(picked.mean() if reduce == "mean" else picked.sum())
-
-
-def ce_ignores_nothing(logits, targets, ignore_index=-100):
-    t = targets.clamp(min=0)
-    return _ce(logits, t, torch.ones_like(t, dtype=torch.bool))
-
-
-def ce_sum(logits, targets, ignore_index=-100):
-    return _ce(logits, targets, targets != ignore_index, "sum")
-
-
-def ce_item(logits, targets, ignore_index=-100):
-    return torch.tensor(_ce(logits, targets, targets != ignore_index).item())
-
-
-def ce_hardcoded_minus_100(logits, targets, ignore_index=-100):
-    return _ce(logits, targets, targets != -100)
-
-
-def ce_divides_by_all(logits, targets, ignore_index=-100):
-    keep = targets != ignore_index
-    return _ce(logits, targets, keep, "sum") / len(targets)
-
-
-def ce_no_shift(logits, targets, ignore_index=-100):
-    keep = targets != ignore_index
-    logp = logits[keep] - logits[keep].exp().sum(-1, keepdim=True).log()
-    return -logp.gather(1, targets[keep][:, None]).mean()
-
-
-def loop(zero_grad=True, step=True, item=True, zero_after_backward=False):
-    def train_loop(model, optimizer, batches, loss_fn):
-        model.train()
-        losses = []
-        for x, y in batches:
-            if zero_grad and not zero_after_backward:
-                optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            if zero_after_backward:
-                optimizer.zero_grad()
-            if step:
-                optimizer.step()
-            losses.append(loss.item() if item else loss)
-        return losses
-    return train_loop
-
-
-def loop_last_loss_only(model, optimizer, batches, loss_fn):
-    losses = loop()(model, optimizer, batches, loss_fn)
-    return losses[-1:]
 
 
 # ============================================================================ chapter 2
@@ -765,27 +660,6 @@ def enc(slip):
 
 P = functools.partial
 MUTANTS = [
-    ("0.1", "no max shift: exp overflows", sm_no_shift),
-    ("0.1", "ignores `dim`, always the last dim", sm_last_dim),
-    ("0.1", "normalises over all elements", sm_global_sum),
-    ("0.1", "casts to float32", sm_float32),
-    ("0.1", "subtracts the max in place", sm_in_place),
-    ("0.1", "detaches: no gradient", sm_detached),
-    ("0.2", "log of softmax", lsm_log_of_softmax),
-    ("0.2", "no max shift", lsm_no_shift),
-    ("0.2", "ignores `dim`", lsm_last_dim),
-    ("0.2", "one global max instead of per row", lsm_no_keepdim_max),
-    ("0.3", "ignore_index not skipped", ce_ignores_nothing),
-    ("0.3", "sum instead of mean", ce_sum),
-    ("0.3", ".item() then a new tensor: no gradient", ce_item),
-    ("0.3", "ignore_index hard-coded to -100", ce_hardcoded_minus_100),
-    ("0.3", "divides by every position", ce_divides_by_all),
-    ("0.3", "no max shift: overflows", ce_no_shift),
-    ("0.4", "no zero_grad", loop(zero_grad=False)),
-    ("0.4", "no optimizer.step()", loop(step=False)),
-    ("0.4", "tensor losses instead of floats", loop(item=False)),
-    ("0.4", "zero_grad between backward and step", loop(zero_after_backward=True)),
-    ("0.4", "returns the last loss only", loop_last_loss_only),
     ("1.1", "misses the last pair", tok_bugs.count_pairs_off_by_one),
     ("1.1", "presence, not counts", tok_bugs.count_pairs_distinct),
     ("1.1", "non-overlapping pairs", tok_bugs.count_pairs_non_overlapping),
@@ -961,12 +835,16 @@ def test_mutant_fails(exercise, what, fn, tmp_path):
 
 
 def _mutant_counts() -> dict[str, int]:
-    """Mutants per exercise: this table plus the MUTANTS tables of tests/test_checks_*.py
-    whose rows start with the checker (a chapter may keep its table next to its other tests)."""
+    """Mutants per exercise: this table, the likely bugs of the specs (tests/test_specs.py runs
+    those) and the MUTANTS tables of tests/test_checks_*.py whose rows start with the checker."""
     import importlib
     from pathlib import Path
 
     counts = {ex: sum(1 for e, _, _ in MUTANTS if e == ex) for ex in NAMES}
+    for e, ex in REGISTRY.items():
+        if ex.is_spec:
+            bugs = ex.trusted_part().likely_bugs.values()
+            counts[e] = counts.get(e, 0) + sum(len(b) if isinstance(b, list) else 1 for b in bugs)
     for path in sorted(Path(__file__).parent.glob("test_checks_*.py")):
         for row in getattr(importlib.import_module(path.stem), "MUTANTS", []):
             if isinstance(row, tuple) and isinstance(row[0], checks.Exercise):
@@ -980,14 +858,17 @@ def test_every_exercise_has_three_mutants():
     assert set(NAMES) <= set(REGISTRY)
 
 
-@pytest.mark.parametrize("exercise", list(NAMES))
+LEGACY = [e for e in NAMES if not REGISTRY[e].is_spec]     # tests/test_specs.py covers the specs
+
+
+@pytest.mark.parametrize("exercise", LEGACY)
 def test_solution_passes_both_ways(exercise, tmp_path):
     for seed in (1, 2):
         verdict = both_ways(exercise, solution(exercise), tmp_path, seed)
         assert verdict.passed, verdict.text()
 
 
-@pytest.mark.parametrize("exercise", list(NAMES))
+@pytest.mark.parametrize("exercise", LEGACY)
 def test_blank_fails(exercise, tmp_path):
     def blank(*args, **kwargs):
         raise NotImplementedError

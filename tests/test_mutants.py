@@ -25,6 +25,7 @@ import test_checks_gpt as gpt_bugs
 from plmkit import basics, checks
 from plmkit import generate as gen
 from plmkit import train as train_lib
+from plmkit.checks._judges import transformer as ch2
 from plmkit.models import bert as bert_lib
 from plmkit.objectives import clm as clm_lib
 from plmkit.objectives import mlm as mlm_lib
@@ -66,84 +67,7 @@ def both_ways(exercise, learner, tmp_path, seed):
     return graded
 
 
-# ============================================================================ chapter 2
-
-def _attn(q, k, v, mask=None, *, scale="sqrt", axis=-1, mask_mode="before", invert=False, only_output=False):
-    D = q.shape[-1]
-    s = q @ k.transpose(-2, -1)
-    s = s / math.sqrt(D) if scale == "sqrt" else s / D if scale == "D" else s
-    m = None if mask is None else (~mask if invert else mask)
-    if m is not None and mask_mode == "before":
-        s = s.masked_fill(~m, float("-inf"))
-    w = torch.softmax(s, dim=axis)
-    if m is not None and mask_mode == "after":
-        w = w * m
-    return (w @ v) if only_output else (w @ v, w)
-
-
-def attn_masked_with_zero(q, k, v, mask=None):
-    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        s = s.masked_fill(~mask, 0.0)                    # a score of 0 is not "blocked"
-    w = torch.softmax(s, -1)
-    return w @ v, w
-
-
-def mask_float(T):
-    return torch.ones(T, T).tril()
-
-
-def mask_inverted(T):
-    return ~torch.ones(T, T, dtype=torch.bool).tril()
-
-
-def split_wrong_view(x, n_heads):
-    B, T, C = x.shape
-    return x.view(B, n_heads, T, C // n_heads)
-
-
-def merge_no_transpose(x):
-    B, H, T, D = x.shape
-    return x.reshape(B, T, H * D)
-
-
-def merge_heads_last(x):
-    B, H, T, D = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, T, H * D)
-
-
-def split_ok(x, n_heads):
-    B, T, C = x.shape
-    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)
-
-
-def merge_ok(x):
-    B, H, T, D = x.shape
-    return x.transpose(1, 2).reshape(B, T, H * D)
-
-
-def sin_table(T, C, *, swap=False, freq="2i", start=0, dtype=torch.float32):
-    pos = torch.arange(start, start + T, dtype=torch.float64)[:, None]
-    i = torch.arange(0, C, 2, dtype=torch.float64)
-    if freq == "i":
-        i = i / 2
-    angle = pos / 10000 ** (i / C)
-    pe = torch.zeros(T, C, dtype=torch.float64)
-    pe[:, 0::2], pe[:, 1::2] = (angle.cos(), angle.sin()) if swap else (angle.sin(), angle.cos())
-    return pe.to(dtype)
-
-
-def ln(x, weight, bias, eps=1e-5, *, unbiased=False, eps_outside=False, over="last", affine=True):
-    dims = tuple(range(x.ndim)) if over == "all" else (-1,)
-    mean = x.mean(dim=dims, keepdim=True)
-    var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
-    y = (x - mean) / (var.sqrt() + eps) if eps_outside else (x - mean) / torch.sqrt(var + eps)
-    return y * weight + bias if affine else y
-
-
-def ln_float32(x, weight, bias, eps=1e-5):
-    return ln(x.float(), weight.float(), bias.float(), eps)
-
+# ============================================================================ chapter 2 (shortcuts and degenerate answers)
 
 def _own_mha():
     """The solution's MultiHeadAttention (Exercise 2.7): the block of 2.6 is built from the learner's own."""
@@ -157,82 +81,6 @@ class PreLN(nn.Module):
         self.norm1 = pn.LayerNorm(d_model)
         self.ffn = pn.FeedForward(d_model, d_ff)
         self.norm2 = pn.LayerNorm(d_model)
-
-
-class PostLN(PreLN):
-    def forward(self, x, mask=None):
-        x = self.norm1(x + self.attn(x, mask=mask))
-        return self.norm2(x + self.ffn(x))
-
-
-class ForgetsMask(PreLN):
-    def forward(self, x, mask=None):
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
-
-
-class NormsTheStream(PreLN):
-    def forward(self, x, mask=None):
-        x = self.norm1(x)
-        x = x + self.attn(x, mask=mask)
-        x = self.norm2(x)
-        return x + self.ffn(x)
-
-
-class NoResidual(PreLN):
-    def forward(self, x, mask=None):
-        x = self.attn(self.norm1(x), mask=mask)
-        return x + self.ffn(self.norm2(x))
-
-
-class SwappedNorms(PreLN):
-    def forward(self, x, mask=None):
-        x = x + self.attn(self.norm2(x), mask=mask)
-        return x + self.ffn(self.norm1(x))
-
-
-class MHA(nn.Module):
-    """Multi-head attention with a switch for each classic bug (Exercise 2.7)."""
-    scale_by = "head"          # "head": sqrt(D); "model": sqrt(C)
-    out_proj_used = True
-    merge = "ok"               # "no_transpose": reshape (B, H, T, D) straight to (B, T, C)
-    split = "ok"               # "view_bht": view as (B, H, T, D)
-    own_kv = False             # keys/values from x even when a context is given
-    pass_mask = True
-
-    def __init__(self, d_model, n_heads):
-        super().__init__()
-        self.h = n_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
-
-    def _split(self, t):
-        B, T, C = t.shape
-        if self.split == "view_bht":
-            return t.view(B, self.h, T, C // self.h)
-        return t.view(B, T, self.h, C // self.h).transpose(1, 2)
-
-    def forward(self, x, context=None, mask=None):
-        kv = x if (context is None or self.own_kv) else context
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
-        C = x.shape[-1]
-        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1] if self.scale_by == "head" else C)
-        if mask is not None and self.pass_mask:
-            s = s.masked_fill(~mask, float("-inf"))
-        y = torch.softmax(s, -1) @ v
-        B, H, T, D = y.shape
-        y = y.reshape(B, T, C) if self.merge == "no_transpose" else y.transpose(1, 2).reshape(B, T, C)
-        return self.out_proj(y) if self.out_proj_used else y
-
-
-def mha_bug(**switches):
-    return type("MHABug", (MHA,), switches)
-
-
-class MHANoBias(MHA):
-    def __init__(self, d_model, n_heads):
-        super().__init__(d_model, n_heads)
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model, bias=False)
-                                                                for _ in range(4))
 
 
 class MHAViaTorch(nn.Module):
@@ -256,15 +104,16 @@ class MHAViaTorch(nn.Module):
             need_weights=False)[0].transpose(0, 1)
 
 
-class MHAViaSDPA(MHA):
+class MHAViaSDPA(MHAViaTorch):
     """Own projections, torch's fused attention: F.scaled_dot_product_attention is the reference."""
 
     def forward(self, x, context=None, mask=None):
         kv = x if context is None else context
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        B, T, C = x.shape
+        q, k, v = (p(t).view(B, t.shape[1], self.h, C // self.h).transpose(1, 2)
+                   for p, t in ((self.q_proj, x), (self.k_proj, kv), (self.v_proj, kv)))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        B, H, T, D = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * D))
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class PreLNWithPlmkitAttention(PreLN):
@@ -659,41 +508,6 @@ def enc(slip):
 
 P = functools.partial
 MUTANTS = [
-    ("2.1", "softmax over the query axis", P(_attn, axis=-2)),
-    ("2.1", "no 1/sqrt(D)", P(_attn, scale=None)),
-    ("2.1", "divides by D", P(_attn, scale="D")),
-    ("2.1", "mask after the softmax", P(_attn, mask_mode="after")),
-    ("2.1", "inverted mask", P(_attn, invert=True)),
-    ("2.1", "returns the output only", P(_attn, only_output=True)),
-    ("2.1", "blocked scores set to 0, not -inf", attn_masked_with_zero),
-    ("2.2", "upper triangle", gpt_bugs.mask_transposed),
-    ("2.2", "diagonal blocked", gpt_bugs.mask_strict),
-    ("2.2", "float mask", mask_float),
-    ("2.2", "True/False swapped", mask_inverted),
-    ("2.3", "split by view(B, H, T, D)", (split_wrong_view, merge_ok)),
-    ("2.3", "merge without transpose", (split_ok, merge_no_transpose)),
-    ("2.3", "merge with heads last", (split_ok, merge_heads_last)),
-    ("2.4", "sin and cos swapped", P(sin_table, swap=True)),
-    ("2.4", "frequency 10000^(i / C)", P(sin_table, freq="i")),
-    ("2.4", "positions start at 1", P(sin_table, start=1)),
-    ("2.4", "float64 table", P(sin_table, dtype=torch.float64)),
-    ("2.5", "unbiased variance", P(ln, unbiased=True)),
-    ("2.5", "eps outside the root", P(ln, eps_outside=True)),
-    ("2.5", "statistics over the whole tensor", P(ln, over="all")),
-    ("2.5", "no weight and bias", P(ln, affine=False)),
-    ("2.5", "casts to float32", ln_float32),
-    ("2.6", "Post-LN", PostLN),
-    ("2.6", "mask not passed", ForgetsMask),
-    ("2.6", "normalises the stream", NormsTheStream),
-    ("2.6", "no residual around attention", NoResidual),
-    ("2.6", "norm1 and norm2 swapped", SwappedNorms),
-    ("2.7", "scores divided by sqrt(d_model), not sqrt(head_dim)", mha_bug(scale_by="model")),
-    ("2.7", "no output projection", mha_bug(out_proj_used=False)),
-    ("2.7", "heads merged without transpose", mha_bug(merge="no_transpose")),
-    ("2.7", "heads split by view(B, H, T, D)", mha_bug(split="view_bht")),
-    ("2.7", "cross-attention reads x, not the context", mha_bug(own_kv=True)),
-    ("2.7", "mask not passed to the attention", mha_bug(pass_mask=False)),
-    ("2.7", "projections without bias", MHANoBias),
     ("3.1", "no position embedding", P(emb, pos=False)),
     ("3.1", "no segment embedding", P(emb, seg=False)),
     ("3.1", "positions start at 1", P(emb, start=1)),
@@ -1048,7 +862,7 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "1.5": [(wp.wordpiece_word, "wordpiece_word"), (_wordpiece_by_hf, "a Hugging Face `transformers` tokenizer")],
     "2.1": [(P(pn.scaled_dot_product_attention, return_weights=True), "pn.scaled_dot_product_attention"),
             (lambda q, k, v, mask=None: (F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                                         _attn(q, k, v, mask)[1]), "F.scaled_dot_product_attention")],
+                                         ch2.attention(q, k, v, mask)[1]), "F.scaled_dot_product_attention")],
     "2.2": [(pn.causal_mask, "pn.causal_mask"),
             (lambda T: nn.Transformer.generate_square_subsequent_mask(T) == 0, "generate_square_subsequent_mask")],
     "2.3": [((pn.split_heads, pn.merge_heads), "pn.split_heads")],

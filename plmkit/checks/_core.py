@@ -31,24 +31,28 @@ Two modes, chosen by the environment of the kernel:
   `judge_recorded`, which regenerates the cases from the seed, reads the
   files (never pickle: loading a pickle runs code) and judges.
 
-Writing a checker (see ``book/authoring.md``)::
+Writing a checker (see ``book/authoring.md``): a *spec*, in two halves. The kernel half
+(``plmkit/checks/warmup.py``) declares the exercise, its forbidden calls and its cases::
 
     check_softmax = Exercise("0.1", "softmax", goal="computes softmax itself from exp, max and sum",
                              forbid=[Rule("`torch.softmax`", [torch.softmax, aten._softmax])])
 
     @check_softmax.cases
     def _(g):
-        return [call(g.randn(3, 7), dim=-1), call(g.randn(5), dim=0)]
+        return [call(g.randn(3, 7), dim=-1, what="softmax(x, dim=-1) for x of shape (3, 7)"),
+                call(g.randn(5, dtype=torch.float64), dim=0, grad=(0,), atol=1e-10)]
 
     # no probe: the default one calls the learner's function on each call(...) case
 
-    @check_softmax.judge
-    def _(r, cases, results):
-        for case, rec in zip(cases, results):
-            want = F.softmax(*case["args"], **case["kwargs"])      # the reference first
-            got = r.value(rec, "softmax(x)")                        # None (and a failed check) if it raised
-            if got is not None:
-                r.close(got, want, "softmax(x)")
+The trusted half (``plmkit/checks/_judges/warmup.py``, imported only to judge) holds the
+reference and the likely bugs, whose keys are the hints::
+
+    TRUSTED = {"softmax": Trusted(F.softmax, {"exp overflowed: subtract the max first": sm_no_shift})}
+
+The default judge runs the reference through the same probe and compares record by record
+(`Report.compare`), checks that no input changed in place, and names the first likely bug
+whose record agrees with a wrong one. Exercises with an ``@ex.judge`` of their own (the
+older form, chapters 3 to 10) are judged by it instead.
 """
 from __future__ import annotations
 

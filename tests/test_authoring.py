@@ -78,8 +78,12 @@ def test_generated_notebook_structure(chapter):
         assert f'NotImplementedError("Exercise {ex.number}:' in cell.source
         assert cell.outputs == [] and cell.execution_count is None
         assert ex.number.split(".")[0] == str(int(chapter[:2]))
-    for s, g in zip(kept, gen.cells):
-        if nbt.is_check(g):
+    tasks = {ex.cell_index - 1: line for ex in exercises
+             for e, line in authoring.forbid_lines(chapter).items() if e == ex.number}
+    for i, (s, g) in enumerate(zip(kept, gen.cells)):
+        if i in tasks:                           # the task text gains its spec's "Not allowed here" line
+            assert g.source == authoring.with_forbid_line(s.source, tasks[i])
+        elif nbt.is_check(g):
             assert g.source == s.source and g.outputs == s.outputs and g.outputs, \
                 "check cells keep their expected verdict"
             verdicts = [o["text"] for o in g.outputs if o.get("output_type") == "stream"]

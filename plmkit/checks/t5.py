@@ -48,7 +48,7 @@ from ..objectives import prefix as _prefix
 from ..objectives import span as _span
 from ._core import Exercise, reference_grads
 from ._guard import Module, Rule, aten_ops
-from .transformer import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
+from ._rules import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
 
 
 def _rule(what: str, *targets) -> Rule:

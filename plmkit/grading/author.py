@@ -10,6 +10,10 @@ dropped; every other cell keeps its id, source and stored outputs (so check
 cells keep their expected verdict). The notebook's metadata records its
 chapter, which the grader reads.
 
+For the chapters whose checkers are specs, the task text above each exercise ends with the
+spec's "Not allowed here: ..." line, written from its forbid list (`forbid_lines`), in
+notebooks/ (what learners edit and what is graded).
+
 Cells tagged ``grade-skip`` (demos: training runs, plots, widgets) are not run
 by ``plmkit grade``; `grading_gaps` makes sure no exercise or check cell needs
 a name that only such a cell defines.
@@ -28,6 +32,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise {num}: replace this line with your code")'
 BOOK_ONLY, EXERCISE_TAG, GRADE_SKIP = "book-only", "exercise", "grade-skip"
 SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+FORBID_PREFIX = "Not allowed here:"
 
 
 def strip_solutions(source: str, num: str) -> str:
@@ -158,6 +163,46 @@ def tag_demo_cells(nb) -> int:
     return tagged
 
 
+def forbid_lines(chapter: str) -> dict[str, str]:
+    """Exercise number -> the "Not allowed here: ..." line of its spec, for a chapter whose checkers are specs.
+
+    The line is made from the spec's `forbid` rules (`Exercise.forbid_line`), so the task text and
+    the check can never disagree. Chapters whose checkers are not specs yet get ``{}``.
+    """
+    import importlib
+    import importlib.util
+
+    slug, number = chapter.split("_", 1)[1], str(int(chapter[:2]))
+    module = f"plmkit.checks.{slug}"
+    if importlib.util.find_spec(module) is None:
+        return {}
+    from ..checks import registry
+    importlib.import_module(module)
+    return {e: ex.forbid_line() for e, ex in registry().items()
+            if ex.is_spec and e.split(".")[0] == number and ex.trusted.endswith(f"._judges.{slug}")}
+
+
+def with_forbid_line(task: str, line: str) -> str:
+    """The task text with `line` as its last paragraph (an older "Not allowed here" paragraph is replaced).
+
+    >>> with_forbid_line("Write f.\\n\\nNot allowed here: g.", "Not allowed here: h.")
+    'Write f.\\n\\nNot allowed here: h.'
+    """
+    keep = [p for p in task.rstrip().split("\n\n") if not p.startswith(FORBID_PREFIX)]
+    return "\n\n".join(keep + [line])
+
+
+def _write_forbid_lines(nb, chapter: str) -> None:
+    lines = forbid_lines(chapter)
+    for ex in nbt.exercises(nb):
+        if ex.number in lines:
+            task = nb.cells[ex.cell_index - 1] if ex.cell_index else None
+            if task is None or task.cell_type != "markdown":
+                raise nbt.NotebookError(f"{chapter}: exercise {ex.number} needs its task text (a markdown "
+                                        f"cell) directly above the exercise cell")
+            task.source = with_forbid_line(task.source, lines[ex.number])
+
+
 def make_exercise_notebook(solution, chapter: str):
     """Return the learner's notebook for a (prepared) solution notebook."""
     nbt.exercises(solution)  # validates the structure
@@ -165,6 +210,7 @@ def make_exercise_notebook(solution, chapter: str):
     if gaps:
         raise nbt.NotebookError(f"{chapter}: {gaps[0]}")
     nb = copy.deepcopy(solution)
+    _write_forbid_lines(nb, chapter)
     cells = []
     for cell in nb.cells:
         tags = _tags(cell)

@@ -82,6 +82,9 @@ def test_generated_notebook_structure(chapter):
         if nbt.is_check(g):
             assert g.source == s.source and g.outputs == s.outputs and g.outputs, \
                 "check cells keep their expected verdict"
+            assert g.metadata["jupyter"]["outputs_hidden"] is True and g.metadata["collapsed"] is True, \
+                "a learner must not see the stored green verdict under an unsolved stub"
+            assert not s.metadata.get("jupyter", {}).get("outputs_hidden"), "the book shows it"
             verdicts = [o["text"] for o in g.outputs if o.get("output_type") == "stream"]
             assert len(verdicts) == 1 and verdicts[0].startswith("✅ Exercise ") and verdicts[0].count("\n") == 1
         elif not nbt.is_exercise(g):
@@ -176,10 +179,21 @@ def test_class_edition_shows_no_solution(chapter):
     for cell in edition.cells:
         if nbt.is_exercise(cell):
             assert not cell.outputs and "hide-input" not in cell.metadata.get("tags", [])
-    # the page is otherwise the book's: prose, book-only cells, demo outputs, stored verdicts
+    # nothing green under a stub, no answers to the questions
+    for cell in edition.cells:
+        if nbt.is_check(cell):
+            assert cell.outputs == [], "the class edition shows a stored verdict under a stub"
+    text = json.dumps([c.source for c in edition.cells])
+    assert "<summary>Answers" not in text
+    if any("<summary>Answers" in c.source for c in sol.cells):
+        assert authoring.ANSWERS_NOTE in text
+    # the page is otherwise the book's: prose, book-only cells, demo outputs
     assert len(edition.cells) == len(sol.cells)
     assert [c.source for c in edition.cells if not nbt.is_exercise(c)] == \
-           [c.source for c in sol.cells if not nbt.is_exercise(c)]
+           [authoring.ANSWERS_RE.sub(authoring.ANSWERS_NOTE, c.source) for c in sol.cells if not nbt.is_exercise(c)]
+    demo = [(e.outputs, s.outputs) for e, s in zip(edition.cells, sol.cells)
+            if e.cell_type == "code" and not nbt.is_exercise(e) and not nbt.is_check(e)]
+    assert all(a == b for a, b in demo), "demo outputs stay"
 
 
 def test_class_edition_sources_build_a_book_tree(tmp_path):
@@ -190,6 +204,9 @@ def test_class_edition_sources_build_a_book_tree(tmp_path):
     for chapter in CHAPTERS:
         nb = nbt.read(dest / "solutions" / f"{chapter}.ipynb")
         assert not any(authoring.BEGIN in c.source for c in nb.cells)
+    intro = (dest / "book" / "intro.md").read_text()
+    assert "Show solution" not in intro and authoring.CLASS_SOLUTIONS_NOTE in intro
+    assert "Show solution" in (ROOT / "book" / "intro.md").read_text(), "the full edition keeps its note"
     with pytest.raises(ValueError, match="outside the book's sources"):
         authoring.write_class_edition(ROOT, ROOT)
     with pytest.raises(ValueError, match="outside the book's sources"):

@@ -182,17 +182,42 @@ def make_exercise_notebook(solution, chapter: str):
             cell.metadata["plmkit"] = {**cell.metadata.get("plmkit", {}), "exercise": num}
         cells.append(cell)
     nb.cells = cells
+    hide_expected_verdicts(nb)
     nb.metadata["plmkit"] = {"chapter": chapter, "generated_from": f"solutions/{chapter}.ipynb"}
     return nb
+
+
+def hide_expected_verdicts(nb) -> int:
+    """Fold the stored output of every check cell of a learner's notebook; return how many.
+
+    The stored line ("✅ Exercise 0.1 softmax: 9/9 checks passed") must stay, since plain
+    ``pytest --nbval-lax`` compares a check cell's new output with it: a solved notebook passes,
+    a blank one fails. Folded (``jupyter.outputs_hidden``, and ``collapsed`` for the classic
+    notebook), a learner opening the notebook sees no green line under an unsolved stub; running
+    the cell shows its own verdict (Jupyter unfolds an output when its cell runs).
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\\ncheck(f)")])
+    >>> hide_expected_verdicts(nb), nb.cells[0].metadata["jupyter"]
+    (1, {'outputs_hidden': True})
+    """
+    n = 0
+    for cell in nb.cells:
+        if nbt.is_check(cell):
+            cell.metadata["jupyter"] = {**cell.metadata.get("jupyter", {}), "outputs_hidden": True}
+            cell.metadata["collapsed"] = True
+            n += 1
+    return n
 
 
 def class_edition(solution, chapter: str):
     """A (prepared) solution notebook as the *class edition* of the book shows it.
 
     Each answer becomes the learner's stub (outputs cleared, nothing folded away);
-    prose, demo cells, check cells and their stored verdicts, and ``book-only``
-    cells stay. An instructor publishes this edition so that a class sees the
-    tasks but not the answers.
+    check cells lose their stored verdicts and the end-of-chapter questions their
+    folded answers (`unsolved_edition`); prose, demo cells and their outputs, and
+    ``book-only`` cells stay. An instructor publishes this edition so that a class
+    sees the tasks but not the answers.
     """
     nbt.exercises(solution)
     nb = copy.deepcopy(solution)
@@ -208,7 +233,42 @@ def class_edition(solution, chapter: str):
                 cell.metadata.pop("tags", None)
         elif cell.cell_type == "code" and BEGIN in cell.source:
             raise nbt.NotebookError(f"{chapter}: a cell holds {BEGIN} but is not an exercise cell")
+    unsolved_edition(nb)
     return nb
+
+
+ANSWERS_RE = re.compile(r"<details>\s*<summary>\s*Answers?\s*</summary>.*?</details>", re.S | re.I)
+ANSWERS_NOTE = "*The answers are not printed in this edition: your teacher discusses them.*"
+
+
+def unsolved_edition(nb) -> None:
+    """What the class edition removes besides the answers to exercises: the stored verdict of every
+    check cell (a green "checks passed" under a stub would be false) and the folded answers
+    (``<details><summary>Answers</summary>...</details>``) of the end-of-chapter questions.
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+    ...     "## Questions\\n1. Why?\\n\\n<details>\\n<summary>Answers</summary>\\n\\n1. Because.\\n</details>")])
+    >>> unsolved_edition(nb); "Because" in nb.cells[0].source
+    False
+    """
+    for cell in nb.cells:
+        if nbt.is_check(cell):
+            cell.outputs, cell.execution_count = [], None
+        elif cell.cell_type == "markdown" and ANSWERS_RE.search(cell.source):
+            cell.source = ANSWERS_RE.sub(ANSWERS_NOTE, cell.source)
+
+
+# The intro's paragraph about the "Show solution" button, between these markers, is replaced
+# in the class edition (book/intro.md).
+SOLUTIONS_NOTE_RE = re.compile(r"<!-- solutions-note -->.*?<!-- /solutions-note -->", re.S)
+CLASS_SOLUTIONS_NOTE = ("Each exercise shows its task and the stub you replace with your code; this edition of the "
+                        "book prints no solutions. Try first, then grade your notebook.")
+
+
+def class_edition_page(text: str) -> str:
+    """A prose page (markdown) as the class edition shows it: no promise of a *Show solution* button."""
+    return SOLUTIONS_NOTE_RE.sub(CLASS_SOLUTIONS_NOTE, text)
 
 
 CLASS_EDITION_FILES = ["_config.yml", "_toc.yml", "book", "notebooks", "_vendor"]
@@ -237,6 +297,10 @@ def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
             shutil.copytree(src, dest / name)
         elif src.is_file():
             shutil.copy2(src, dest / name)
+    for page in (dest / "book").glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        if class_edition_page(text) != text:
+            page.write_text(class_edition_page(text), encoding="utf-8")
     (dest / "solutions").mkdir()
     chapters = []
     for src in sorted(src_dir.glob("*.ipynb")):

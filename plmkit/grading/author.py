@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import hashlib
 import re
 import symtable
 from pathlib import Path
@@ -183,6 +184,7 @@ def make_exercise_notebook(solution, chapter: str):
         cells.append(cell)
     nb.cells = cells
     hide_expected_verdicts(nb)
+    stamp_stubs(nb)
     nb.metadata["plmkit"] = {"chapter": chapter, "generated_from": f"solutions/{chapter}.ipynb"}
     return nb
 
@@ -208,6 +210,52 @@ def hide_expected_verdicts(nb) -> int:
             cell.metadata["collapsed"] = True
             n += 1
     return n
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def stamp_stubs(nb) -> None:
+    """Record in each exercise cell's metadata (``plmkit.stub``) a digest of the stub as generated,
+    so that `learner_edits` can tell a learner's work from a stub that the book has since changed."""
+    for cell in nb.cells:
+        if nbt.is_exercise(cell):
+            cell.metadata["plmkit"] = {**cell.metadata.get("plmkit", {}), "stub": _digest(cell.source)}
+
+
+def learner_edits(current, generated) -> list[str]:
+    """The exercises (N.M) whose cell in `current` (a notebooks/ file on disk) holds a learner's work:
+    its source is neither the stub it was generated with nor the stub `generated` has now.
+
+    >>> import nbformat
+    >>> def nb(src): return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src)])
+    >>> new = nb("# Exercise 0.1: softmax\\nraise NotImplementedError"); stamp_stubs(new)
+    >>> learner_edits(copy.deepcopy(new), new), learner_edits(nb("# Exercise 0.1: softmax\\nreturn x"), new)
+    ([], ['0.1'])
+    """
+    now = {nbt.exercise_number(c.source): c.source for c in generated.cells if nbt.is_exercise(c)}
+    edited = []
+    for cell in current.cells:
+        num = nbt.exercise_number(cell.source) if cell.cell_type == "code" else None
+        if num is None:
+            continue
+        stamped = cell.metadata.get("plmkit", {}).get("stub")
+        if cell.source != now.get(num) and _digest(cell.source) != stamped:
+            edited.append(num)
+    return edited
+
+
+class LearnerWorkError(Exception):
+    """`author` left notebooks alone whose exercise cells hold a learner's work (``files``: path -> exercises)."""
+
+    def __init__(self, files: dict[str, list[str]]):
+        self.files = files
+        lines = [f"{path}: exercise{'s' if len(nums) > 1 else ''} {', '.join(nums)} edited"
+                 for path, nums in files.items()]
+        super().__init__("not overwritten, they hold your work:\n  " + "\n  ".join(lines) +
+                         "\nkeep it with `plmkit start DIR` (copies the notebooks to a folder of your own) "
+                         "or overwrite with --force")
 
 
 def class_edition(solution, chapter: str):
@@ -312,10 +360,12 @@ def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
 
 
 def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None,
-           tag_demos: bool = False) -> list[str]:
+           tag_demos: bool = False, force: bool = False) -> list[str]:
     """Regenerate notebooks/ under `root`; return the chapters whose notebook changed (or would).
 
     With `check=True` nothing is written: the return value lists what is out of date.
+    A notebooks/ file whose exercise cells a learner edited (`learner_edits`) is not
+    overwritten unless `force=True`: the others are written, then `LearnerWorkError` names it.
     With `tag_demos=True` the solutions' demo cells are first tagged ``grade-skip``
     (`tag_demo_cells`; metadata only, outputs untouched).
     """
@@ -323,7 +373,7 @@ def author(root: str | Path = ".", check: bool = False, chapters: list[str] | No
     src_dir, out_dir = root / "solutions", root / "notebooks"
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir} does not exist: run this from the book's root folder")
-    stale = []
+    stale, kept = [], {}
     for src in sorted(src_dir.glob("*.ipynb")):
         chapter = src.stem
         if not nbt.CHAPTER_RE.match(chapter):
@@ -338,11 +388,25 @@ def author(root: str | Path = ".", check: bool = False, chapters: list[str] | No
             stale.append(f"solutions/{chapter}.ipynb")
             if not check:
                 nbt.write(sol, src)
-        text = nbt.dumps(make_exercise_notebook(sol, chapter))
+        generated = make_exercise_notebook(sol, chapter)
+        text = nbt.dumps(generated)
         dest = out_dir / src.name
         if not dest.exists() or dest.read_text(encoding="utf-8") != text:
             stale.append(f"notebooks/{chapter}.ipynb")
             if not check:
+                edits = [] if force or not dest.exists() else _edits_on_disk(dest, generated)
+                if edits:
+                    kept[f"notebooks/{chapter}.ipynb"] = edits
+                    continue
                 out_dir.mkdir(exist_ok=True)
                 dest.write_text(text, encoding="utf-8")
+    if kept:
+        raise LearnerWorkError(kept)
     return stale
+
+
+def _edits_on_disk(dest: Path, generated) -> list[str]:
+    try:
+        return learner_edits(nbt.read(dest), generated)
+    except nbt.NotebookError:
+        return ["(the file is not a readable notebook)"]

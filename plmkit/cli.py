@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("dest", metavar="DIR", help="folder to write (replaced if it exists); build it with jupyter-book")
     c.add_argument("--root", default=".", help="the book's root folder (default: .)")
 
+    d = sub.add_parser("doctor", help="what this machine has and what each chapter needs (exit 1: something is missing)")
+    d.add_argument("--root", default=None, help="the book's root folder (default: the checkout plmkit runs from)")
+
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
     e.add_argument("--timeout", type=int, default=1800, metavar="SECONDS", help="per-cell time limit")
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if not stale:
             print("notebooks/ is up to date")
         return 0
+    if args.command == "doctor":
+        from .doctor import doctor
+        return doctor(args.root)
     if args.command == "start":
         from .grading.start import start
         try:

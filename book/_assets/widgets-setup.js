@@ -1,10 +1,13 @@
 // Loaded between require.js and the ipywidgets embed manager (see _config.yml, nb_ipywidgets_js).
 (function () {
-  // 1. The embed manager loads its fonts from "@jupyter-widgets/html-manager/dist/", resolved by
-  //    require.js against the page's folder; they are served from _static/widgets/ (this
-  //    script is _static/widgets-setup.js).
+  // 1. The embed manager and the widget modules load their fonts from the folder of their
+  //    module's URL ("@jupyter-widgets/html-manager/dist/", "@jupyter-widgets/"), which require.js
+  //    resolves against the page's folder; they are served from _static/widgets/ (this script is
+  //    _static/widgets-setup.js).
   var widgets = document.currentScript.src.replace(/[^/]*$/, "") + "widgets";
-  require.config({paths: {"@jupyter-widgets/html-manager/dist": widgets}});
+  require.config({paths: {"@jupyter-widgets/html-manager/dist": widgets,
+                          "@jupyter-widgets/base": widgets + "/base",
+                          "@jupyter-widgets/controls": widgets + "/controls"}});
   // 2. html-manager 1.0.6 typesets widget labels with MathJax 2's MathJax.Hub.Queue; the book
   //    serves MathJax 3, which has no Hub. Give it one that calls MathJax 3's typesetPromise.
   function hub() {

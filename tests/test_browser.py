@@ -115,8 +115,10 @@ def problems_of(seen: dict, events: list[tuple[str, str]]) -> dict[str, list[str
 
 @pytest.fixture(scope="module")
 def browser():
-    pytest.importorskip("playwright", reason="`make setup` installs playwright (requirements.txt)")
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: `make setup` installs it (requirements.txt)")
 
     html, log = built_site()
     assert html is not None, log[-3000:]

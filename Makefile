@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed
 VENDOR := _vendor
 TORCH_CPU := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the book needs: Chromium for the offline-rendering test,
-# fortunes-zh for the Chinese corpus of chapter 1.
-DEBS := chromium fortunes-zh
+# Debian packages the book needs: Chromium for the browser tests (with CJK and emoji fonts, so
+# that Chinese terms and the ✅/❌ verdicts render in them), fortunes-zh for the Chinese corpus of chapter 1.
+DEBS := chromium fonts-noto-cjk fonts-noto-color-emoji fortunes-zh
 
 .PHONY: book test setup system vendor solutions notebooks check-notebooks clean help
 

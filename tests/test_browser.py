@@ -31,7 +31,6 @@ PAGES = [f"solutions/{c}" for c in CHAPTERS] + BOOK_PAGES
 KNOWN = {
     "solutions/03_bert": {"absolute path": "the stored output predates plmkit.models.bert logging its "
                                            "'newly initialised' message: re-execute chapter 3"},
-    "solutions/02_transformer": {"wide math": "the MHA equation is cut off at the column's edge (chapter 2's own issue)"},
     "solutions/04_gpt": {"TeX as text": "Exercise 4.10's learning-rate formula (chapter 4's own issue)"},
     "solutions/06_llama": {"notes": "chapter 6 says 'the source notes' twice (chapter 6's own issue)"},
 }

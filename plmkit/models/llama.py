@@ -35,7 +35,9 @@ and the conversion to and from Hugging Face's Llama format through
 
 Hugging Face's Llama weights are already in the rotate-half RoPE layout that
 :func:`plmkit.nn.apply_rotary` uses; Meta's original files are interleaved
-and need :class:`plmkit.models.hub.RopePermute` on q and k.
+and need :class:`plmkit.models.hub.RopePermute` on q and k. So do llama.cpp's
+GGUF files, which :meth:`Llama.from_gguf` reads through the GGUF table of
+:func:`plmkit.models.hub.gguf_llama_rules` (SmolLM2-135M-Instruct: :mod:`plmkit.models.smollm2`).
 
     >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
     ...                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

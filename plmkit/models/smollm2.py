@@ -118,21 +118,23 @@ def reference_outputs(model, tokenizer: ByteLevelBPE, chat_template: str, questi
     ``experiments/smollm2_reference.py`` stores Hugging Face's (loaded from the GGUF file by transformers),
     so that chapter 6 can compare plmkit with it without a minute-long load; a test checks the stored file.
     """
+    from ..generate import generate
+
     out = []
     for q in questions:
         prompt = tokenizer.encode(render_chat_template(chat_template, [{"role": "user", "content": q}], True))
         ids = torch.tensor([prompt])
         with torch.no_grad():
-            logits = model(ids)
-            logits = (logits if isinstance(logits, torch.Tensor) else logits.logits)[0, -1].float()
-            ids_now = ids
-            greedy = []
-            for _ in range(new_tokens):                      # plain greedy loop: the same for both libraries
-                step = model(ids_now)
-                step = (step if isinstance(step, torch.Tensor) else step.logits)[0, -1]
-                greedy.append(int(step.argmax()))
-                ids_now = torch.cat([ids_now, torch.tensor([[greedy[-1]]])], dim=1)
-        values, idx = logits.topk(top)
+            if isinstance(model, Llama):
+                logits = model(ids)[0, -1]
+                full = generate(model, ids, new_tokens, temperature=0)
+            else:                                            # Hugging Face: its own generate, no stop token
+                logits = model(ids).logits[0, -1]
+                full = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                      pad_token_id=tokenizer.special_tokens["<|im_end|>"])
+        greedy = full[0, len(prompt):].tolist()
+        values, idx = logits.float().topk(top)
         out.append({"question": q, "prompt_ids": prompt, "top_ids": idx.tolist(), "top_logits": values.tolist(),
                     "greedy_ids": greedy})
     return out

@@ -380,14 +380,16 @@ class KeyMap:
 # ----------------------------------------------------------------------------- a model's state
 
 def load_hf_state(model: nn.Module, hf_state: dict[str, torch.Tensor], keymap: KeyMap, *,
-                  optional: Iterable[str] = (), unexpected: str = "error") -> list[str]:
+                  optional: Iterable[str] = (), unexpected: str = "error", assign: bool = False) -> list[str]:
     """Load a checkpoint's tensors into `model` through `keymap`; return the weights left as initialised.
 
     Raises ``ValueError`` for a shape that differs from the model's, for a
     weight the checkpoint lacks (unless it matches a pattern in `optional`,
     our names) and, unless ``unexpected="ignore"``, for a checkpoint tensor
     no rule reads. Tensors are copied into the model's parameters, so tied
-    weights stay tied and dtypes/devices stay the model's.
+    weights stay tied and dtypes/devices stay the model's. ``assign=True`` makes the
+    checkpoint's tensors the parameters instead (no copy: for a model built on the
+    ``meta`` device; the caller re-ties tied weights).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -405,7 +407,7 @@ def load_hf_state(model: nn.Module, hf_state: dict[str, torch.Tensor], keymap: K
     required = [keymap.hf_name(k) for k in absent if k not in new]
     if required:
         raise ValueError(f"the checkpoint lacks {len(required)} weights, e.g. {required[:5]}")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
     return new
 
 

@@ -432,12 +432,11 @@ class Llama(DecoderLM):
         """:meth:`from_gguf` for a file already read by :func:`plmkit.models.hub.read_gguf` (metadata, tensors)."""
         meta = {**meta, "plmkit.tied": "output.weight" not in state}
         config = LlamaConfig.from_gguf_metadata(meta)
-        with torch.device("meta"):                     # no random initialisation: every weight is read below
-            model = cls(config)
-        model.to_empty(device="cpu")
+        with torch.device("meta"):                     # no memory, no random initialisation: every weight
+            model = cls(config)                        # becomes the file's tensor itself (assign, no copy)
+        hub.load_hf_state(model, state, _gguf_keymap(config), assign=True)
         model.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
-                                       config.rope_scaling_factor)
+                                       config.rope_scaling_factor)               # the one buffer, not in the file
         if config.tie_word_embeddings:
             model.lm_head.weight = model.wte.weight
-        hub.load_hf_state(model, state, _gguf_keymap(config))
         return model.to(device=map_location, dtype=dtype).eval()

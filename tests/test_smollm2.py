@@ -177,6 +177,47 @@ def test_every_tensor_lands_in_its_parameter_with_its_layout(smol, tmp_path):
         assert (after[k][want] == value).all(), k
 
 
+def test_tiny_untied_llama_round_trips_through_a_gguf_file(tmp_path):
+    """A random tiny Llama with its own head, written as llama.cpp's converter writes it (gguf.GGUFWriter, q/k rows
+    permuted by the converter's own formula), comes back from Llama.from_gguf with the same config and logits."""
+    import gguf
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=5e4)
+    torch.manual_seed(0)
+    model = Llama(cfg).eval()
+    with torch.no_grad():
+        for block in model.blocks:                                   # non-trivial norm gains
+            block.norm1.weight.uniform_(0.5, 1.5)
+    w = gguf.GGUFWriter(tmp_path / "tiny.gguf", "llama")
+    for add, value in [(w.add_block_count, 2), (w.add_context_length, 128), (w.add_embedding_length, 32),
+                       (w.add_feed_forward_length, 48), (w.add_head_count, 4), (w.add_head_count_kv, 2),
+                       (w.add_rope_freq_base, 5e4), (w.add_layer_norm_rms_eps, 1e-5), (w.add_vocab_size, 64)]:
+        add(value)
+    def permute(w, n_head):             # llama.cpp's convert_hf_to_gguf.py, LlamaModel.permute, as written there
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    ours = model.state_dict()
+    for gguf_name, our_name, *_ in hub.gguf_llama_rules(4, 2):
+        for i in range(2) if "{i}" in gguf_name else [None]:
+            t = ours[our_name.replace("{i}", str(i))].numpy()
+            if gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+                t = permute(t, 4 if "attn_q" in gguf_name else 2)
+            w.add_tensor(gguf_name.replace("{i}", str(i)), t.copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    back = Llama.from_gguf(tmp_path / "tiny.gguf")
+    import dataclasses                                               # GGUF stores eps as float32; no tokenizer here
+
+    assert back.config == dataclasses.replace(cfg, rms_norm_eps=float(np.float32(1e-5)), bos_token_id=None,
+                                              eos_token_id=None)
+    assert back.lm_head.weight is not back.wte.weight
+    ids = torch.randint(64, (2, 9))
+    assert torch.equal(back(ids), model(ids))
+
+
 # ----------------------------------------------------------------------------- the model
 
 def _padded_batch(tok, texts):

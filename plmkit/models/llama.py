@@ -197,15 +197,14 @@ class LlamaConfig:
         return d
 
     @classmethod
-    def from_gguf_metadata(cls, meta: dict) -> "LlamaConfig":
+    def from_gguf_metadata(cls, meta: dict, tie_word_embeddings: bool = False) -> "LlamaConfig":
         """The config a GGUF file's metadata describes (``general.architecture == "llama"``).
 
         Field names are llama.cpp's, prefixed by the architecture: ``llama.block_count`` is
         ``num_hidden_layers``, ``llama.embedding_length`` is ``hidden_size``, and so on. The
-        vocabulary size is the number of tokens; the head is tied to the token embedding when the
-        file has no ``output.weight`` (the caller says so with ``tie_word_embeddings`` in `meta`
-        under the key ``"plmkit.tied"``, see :meth:`Llama.from_gguf`). Token ids come from the
-        tokenizer's fields. Refused: other architectures, RoPE scaling other than none or linear,
+        vocabulary size is the number of tokens. The metadata does not say whether the head is
+        tied to the token embedding: the tensors do (no ``output.weight``), so the caller passes
+        `tie_word_embeddings` (:meth:`Llama.from_gguf` does). Token ids come from the tokenizer's fields. Refused: other architectures, RoPE scaling other than none or linear,
         mixtures of experts.
 
         >>> meta = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 32,
@@ -249,7 +248,7 @@ class LlamaConfig:
                    rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
                    rope_theta=float(get("rope.freq_base", 10000.0)),
                    rope_scaling_factor=float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
-                   tie_word_embeddings=bool(meta.get("plmkit.tied", False)),
+                   tie_word_embeddings=bool(tie_word_embeddings),
                    bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
                    eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
                    pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
@@ -430,8 +429,7 @@ class Llama(DecoderLM):
     def from_gguf_state(cls, meta: dict, state: dict, map_location: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "Llama":
         """:meth:`from_gguf` for a file already read by :func:`plmkit.models.hub.read_gguf` (metadata, tensors)."""
-        meta = {**meta, "plmkit.tied": "output.weight" not in state}
-        config = LlamaConfig.from_gguf_metadata(meta)
+        config = LlamaConfig.from_gguf_metadata(meta, tie_word_embeddings="output.weight" not in state)
         with torch.device("meta"):                     # no memory, no random initialisation: every weight
             model = cls(config)                        # becomes the file's tensor itself (assign, no copy)
         hub.load_hf_state(model, state, _gguf_keymap(config), assign=True)

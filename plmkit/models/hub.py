@@ -38,6 +38,8 @@ The API, top to bottom:
         RopePermute(n_heads), Inverse(transform); Transform is the base class
     interleaved_to_half(w, n_heads), half_to_interleaved(w, n_heads)   RoPE row orders
     HF_ACTIVATIONS, activation_from_hf(name), activation_to_hf(name)   one activation map
+    read_gguf(path) -> (metadata dict, {GGUF name: fp32 tensor})   a llama.cpp file, dequantized
+    gguf_llama_rules(n_heads, n_kv_heads)      the GGUF table of a Llama (same rules, same KeyMap)
 
 `tied` lists our weights that are the same tensor as another one (an LM head
 tied to the token embedding): they are neither written nor expected.
@@ -72,6 +74,7 @@ __all__ = [
     "Transform", "TRANSPOSE", "Split", "Chain", "RopePermute", "Inverse",
     "interleaved_to_half", "half_to_interleaved",
     "HF_ACTIVATIONS", "activation_from_hf", "activation_to_hf",
+    "read_gguf", "gguf_metadata", "gguf_llama_rules", "GGUF_INSTALL",
 ]
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -377,14 +380,16 @@ class KeyMap:
 # ----------------------------------------------------------------------------- a model's state
 
 def load_hf_state(model: nn.Module, hf_state: dict[str, torch.Tensor], keymap: KeyMap, *,
-                  optional: Iterable[str] = (), unexpected: str = "error") -> list[str]:
+                  optional: Iterable[str] = (), unexpected: str = "error", assign: bool = False) -> list[str]:
     """Load a checkpoint's tensors into `model` through `keymap`; return the weights left as initialised.
 
     Raises ``ValueError`` for a shape that differs from the model's, for a
     weight the checkpoint lacks (unless it matches a pattern in `optional`,
     our names) and, unless ``unexpected="ignore"``, for a checkpoint tensor
     no rule reads. Tensors are copied into the model's parameters, so tied
-    weights stay tied and dtypes/devices stay the model's.
+    weights stay tied and dtypes/devices stay the model's. ``assign=True`` makes the
+    checkpoint's tensors the parameters instead (no copy: for a model built on the
+    ``meta`` device; the caller re-ties tied weights).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -402,7 +407,7 @@ def load_hf_state(model: nn.Module, hf_state: dict[str, torch.Tensor], keymap: K
     required = [keymap.hf_name(k) for k in absent if k not in new]
     if required:
         raise ValueError(f"the checkpoint lacks {len(required)} weights, e.g. {required[:5]}")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
     return new
 
 
@@ -440,3 +445,93 @@ def activation_to_hf(name: str) -> str:
     if name not in TO_HF_ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(TO_HF_ACTIVATIONS)}, got {name!r}")
     return TO_HF_ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------- GGUF (llama.cpp's files)
+#
+# A GGUF file is one binary file: a header of typed metadata (the config, the tokenizer's tokens and
+# merges, the chat template) and then the tensors, most of them *quantized* in blocks (Q4_1: 32 weights
+# share one fp16 scale d and one fp16 minimum m, each weight a 4-bit q: w = d*q + m). The `gguf` package,
+# maintained with llama.cpp, parses the file (GGUFReader) and dequantizes the blocks
+# (gguf.quants.dequantize); plmkit maps the names with the same KeyMap machinery as Hugging Face folders.
+# Shapes: GGUF lists a tensor's dimensions fastest-first ([in, out]); the data arrive as numpy arrays in
+# row-major order (out, in), which is nn.Linear's layout already.
+
+GGUF_INSTALL = "pip install gguf==0.19.0"
+
+
+def _gguf_reader(path):
+    try:
+        import gguf
+    except ImportError as e:                                           # pragma: no cover - pinned in requirements
+        raise ImportError(f"reading GGUF files needs the gguf package: {GGUF_INSTALL}") from e
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path must be a GGUF file, got {path!r} (no such file)")
+    try:
+        return gguf, gguf.GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"path must be a GGUF file, got {path!r}: {e}") from e
+
+
+def _field_value(field):
+    """A metadata field as Python data: str, int, float, bool or a list of them."""
+    value = field.contents()
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def gguf_metadata(reader) -> dict:
+    """Every metadata field of an open ``gguf.GGUFReader`` as ``{key: Python value}``."""
+    return {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def read_gguf(path: str | os.PathLike, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a GGUF file: (metadata {key: value}, {GGUF tensor name: fp32 tensor}).
+
+    Quantized tensors (Q4_1, Q8_0, ...) are dequantized to float32 by
+    ``gguf.quants.dequantize``; F32/F16 tensors are converted. With
+    ``tensors=False`` only the metadata is read (the tokenizer's needs).
+
+        >>> meta, state = read_gguf(smollm2.gguf_path())                  # doctest: +SKIP
+        >>> meta["llama.block_count"], tuple(state["blk.0.attn_q.weight"].shape)   # doctest: +SKIP
+        (30, (576, 576))
+    """
+    gguf, reader = _gguf_reader(path)
+    meta = gguf_metadata(reader)
+    state: dict[str, torch.Tensor] = {}
+    if tensors:
+        for t in reader.tensors:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype("float32", copy=False)   # (out, in)
+            if not w.flags.writeable:                                  # F32 tensors: a view of the mapped file
+                w = w.copy()
+            state[t.name] = torch.from_numpy(w)
+    return meta, state
+
+
+def gguf_llama_rules(n_heads: int, n_kv_heads: int) -> list[tuple]:
+    """The GGUF key table of a Llama (llama.cpp's names -> plmkit's), for :class:`KeyMap`.
+
+    llama.cpp's converter (``convert_hf_to_gguf.py``, ``LlamaModel.permute``) stores the q and k
+    projections with their rows in Meta's *interleaved* RoPE order (pairs (0, 1), (2, 3), ... of a
+    head), because llama.cpp's kernel rotates neighbours. plmkit rotates halves (j with j + D/2),
+    as Hugging Face does, so :class:`RopePermute` undoes the permutation on the way in
+    (`n_kv_heads` for k under grouped-query attention). Every other matrix is copied as it is.
+
+    >>> [r[0] for r in gguf_llama_rules(9, 3)][:3]
+    ['token_embd.weight', 'blk.{i}.attn_norm.weight', 'blk.{i}.attn_q.weight']
+    """
+    return [
+        # GGUF name                        plmkit name                          transform
+        ("token_embd.weight",              "wte.weight"),
+        ("blk.{i}.attn_norm.weight",       "blocks.{i}.norm1.weight"),
+        ("blk.{i}.attn_q.weight",          "blocks.{i}.attn.q_proj.weight",     RopePermute(n_heads)),
+        ("blk.{i}.attn_k.weight",          "blocks.{i}.attn.k_proj.weight",     RopePermute(n_kv_heads)),
+        ("blk.{i}.attn_v.weight",          "blocks.{i}.attn.v_proj.weight"),
+        ("blk.{i}.attn_output.weight",     "blocks.{i}.attn.out_proj.weight"),
+        ("blk.{i}.ffn_norm.weight",        "blocks.{i}.norm2.weight"),
+        ("blk.{i}.ffn_gate.weight",        "blocks.{i}.ffn.gate_proj.weight"),
+        ("blk.{i}.ffn_up.weight",          "blocks.{i}.ffn.up_proj.weight"),
+        ("blk.{i}.ffn_down.weight",        "blocks.{i}.ffn.down_proj.weight"),
+        ("output_norm.weight",             "ln_f.weight"),
+        ("output.weight",                  "lm_head.weight"),             # absent when tied to token_embd
+    ]

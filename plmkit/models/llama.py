@@ -35,7 +35,9 @@ and the conversion to and from Hugging Face's Llama format through
 
 Hugging Face's Llama weights are already in the rotate-half RoPE layout that
 :func:`plmkit.nn.apply_rotary` uses; Meta's original files are interleaved
-and need :class:`plmkit.models.hub.RopePermute` on q and k.
+and need :class:`plmkit.models.hub.RopePermute` on q and k. So do llama.cpp's
+GGUF files, which :meth:`Llama.from_gguf` reads through the GGUF table of
+:func:`plmkit.models.hub.gguf_llama_rules` (SmolLM2-135M-Instruct: :mod:`plmkit.models.smollm2`).
 
     >>> cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
     ...                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -195,6 +197,63 @@ class LlamaConfig:
         return d
 
     @classmethod
+    def from_gguf_metadata(cls, meta: dict, tie_word_embeddings: bool = False) -> "LlamaConfig":
+        """The config a GGUF file's metadata describes (``general.architecture == "llama"``).
+
+        Field names are llama.cpp's, prefixed by the architecture: ``llama.block_count`` is
+        ``num_hidden_layers``, ``llama.embedding_length`` is ``hidden_size``, and so on. The
+        vocabulary size is the number of tokens. The metadata does not say whether the head is
+        tied to the token embedding: the tensors do (no ``output.weight``), so the caller passes
+        `tie_word_embeddings` (:meth:`Llama.from_gguf` does). Token ids come from the tokenizer's fields. Refused: other architectures, RoPE scaling other than none or linear,
+        mixtures of experts.
+
+        >>> meta = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 32,
+        ...         "llama.feed_forward_length": 64, "llama.attention.head_count": 4,
+        ...         "llama.attention.head_count_kv": 2, "llama.context_length": 128,
+        ...         "llama.rope.freq_base": 1e5, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+        ...         "tokenizer.ggml.tokens": ["a"] * 50}
+        >>> c = LlamaConfig.from_gguf_metadata(meta)
+        >>> c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.vocab_size, c.rope_theta
+        (2, 2, 8, 50, 100000.0)
+        """
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta must be a dict of GGUF metadata, got {type(meta).__name__}")
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise ValueError(f"expected a GGUF file of a Llama (general.architecture 'llama'), got {arch!r}")
+
+        def get(key, default=None):
+            value = meta.get(f"llama.{key}", default)
+            if value is None:
+                raise ValueError(f"the GGUF metadata lacks llama.{key}: is it a complete llama.cpp file?")
+            return value
+
+        if meta.get("llama.expert_count", 0):
+            raise ValueError("mixtures of experts (llama.expert_count > 0) are not implemented")
+        kind = meta.get("llama.rope.scaling.type", "none")
+        if kind not in ("none", "linear"):
+            raise ValueError(f"llama.rope.scaling.type {kind!r} is not implemented; only none or 'linear'")
+        heads = get("attention.head_count")
+        width = get("embedding_length")
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = meta.get("llama.vocab_size") or (len(tokens) if tokens else None)
+        if vocab is None:
+            raise ValueError("the GGUF metadata has neither llama.vocab_size nor tokenizer.ggml.tokens")
+        head_dim = meta.get("llama.attention.key_length") or meta.get("llama.rope.dimension_count") \
+            or width // heads
+        return cls(vocab_size=int(vocab), hidden_size=width, intermediate_size=get("feed_forward_length"),
+                   num_hidden_layers=get("block_count"), num_attention_heads=heads,
+                   num_key_value_heads=get("attention.head_count_kv", heads), head_dim=int(head_dim),
+                   max_position_embeddings=get("context_length"),
+                   rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+                   rope_theta=float(get("rope.freq_base", 10000.0)),
+                   rope_scaling_factor=float(meta.get("llama.rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
+                   tie_word_embeddings=bool(tie_word_embeddings),
+                   bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                   eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+                   pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
+
+    @classmethod
     def from_hf_dict(cls, d: dict) -> "LlamaConfig":
         """Read a Hugging Face Llama config.json (as a dict); refuse settings this model does not implement."""
         if d.get("model_type", "llama") != "llama":
@@ -247,6 +306,14 @@ def _keymap(config: LlamaConfig) -> "hub.KeyMap":
     tied = ["lm_head.weight"] if config.tie_word_embeddings else []
     return hub.KeyMap(rules, n_layers=config.num_hidden_layers, tied=tied,
                       ignore=["lm_head.weight"] if config.tie_word_embeddings else [])
+
+
+def _gguf_keymap(config: LlamaConfig) -> "hub.KeyMap":
+    """The GGUF table (:func:`plmkit.models.hub.gguf_llama_rules`) expanded for this config."""
+    rules = [r for r in hub.gguf_llama_rules(config.num_attention_heads, config.num_key_value_heads)
+             if not (config.tie_word_embeddings and r[0] == "output.weight")]
+    return hub.KeyMap(rules, n_layers=config.num_hidden_layers,
+                      tied=["lm_head.weight"] if config.tie_word_embeddings else [])
 
 
 class Llama(DecoderLM):
@@ -341,3 +408,33 @@ class Llama(DecoderLM):
     @staticmethod
     def _keymap(config: LlamaConfig) -> "hub.KeyMap":
         return _keymap(config)
+
+    @classmethod
+    def from_gguf(cls, path, map_location: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Llama":
+        """Load a llama.cpp GGUF file: config from its metadata, weights dequantized by the `gguf` package.
+
+        The q/k rows come back from llama.cpp's interleaved RoPE order through the GGUF key table
+        (:func:`plmkit.models.hub.gguf_llama_rules`); a file without ``output.weight`` has its head
+        tied to the token embedding. Quantized weights are dequantized (a Q4_1 file gives the
+        4-bit model's weights in float32, not the original fp16 ones).
+
+            >>> model = Llama.from_gguf(smollm2.gguf_path())                       # doctest: +SKIP
+            >>> model.config.num_hidden_layers, model.config.num_key_value_heads   # doctest: +SKIP
+            (30, 3)
+        """
+        meta, state = hub.read_gguf(path)
+        return cls.from_gguf_state(meta, state, map_location=map_location, dtype=dtype)
+
+    @classmethod
+    def from_gguf_state(cls, meta: dict, state: dict, map_location: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "Llama":
+        """:meth:`from_gguf` for a file already read by :func:`plmkit.models.hub.read_gguf` (metadata, tensors)."""
+        config = LlamaConfig.from_gguf_metadata(meta, tie_word_embeddings="output.weight" not in state)
+        with torch.device("meta"):                     # no memory, no random initialisation: every weight
+            model = cls(config)                        # becomes the file's tensor itself (assign, no copy)
+        hub.load_hf_state(model, state, _gguf_keymap(config), assign=True)
+        model.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
+                                       config.rope_scaling_factor)               # the one buffer, not in the file
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.wte.weight
+        return model.to(device=map_location, dtype=dtype).eval()

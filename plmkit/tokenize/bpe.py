@@ -16,7 +16,8 @@ Read this file top to bottom:
    with their frequencies, counts pairs once, and after each merge updates only
    the counts of the chunks that contained the merged pair.
 5. `encode_ids`: apply learned merges to new text, lowest rank first (exercise 1.4).
-6. `ByteLevelBPE`: the tokenizer: train, encode, decode, special tokens, save/load.
+6. `ByteLevelBPE`: the tokenizer: train, encode, decode, special tokens, save/load,
+   and `from_vocab` / `from_gguf`: a real model's vocabulary (SmolLM2's, from its GGUF file).
 
 Ids 0..255 are the raw bytes; merge number i (counting from 0) creates id
 256 + i; special tokens come after the merges.
@@ -40,7 +41,42 @@ import regex
 # apart from the next word, so " the" stays a chunk of its own).
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+# SmolLM2's pre-tokenizer (a GGUF file's ``tokenizer.ggml.pre = "smollm"``: llama.cpp's
+# LLAMA_VOCAB_PRE_TYPE_SMOLLM, i.e. Hugging Face's Sequence[Digits(individual_digits=True), ByteLevel]):
+# every digit is a chunk of its own, then GPT-2's pattern runs inside the pieces between digits. One
+# pattern does both: \p{N} comes first, " ?\p{N}+" goes, and a whitespace run that ends at a digit
+# ends its piece, so it stays whole (the lookahead (?![^\s\p{N}]) lets a digit follow, where GPT-2's
+# (?!\S) would give its last space to the next chunk). "a  12" -> ['a', '  ', '1', '2'].
+SMOLLM_SPLIT_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+# GGUF's tokenizer.ggml.pre names -> our pattern (the names llama.cpp's converter writes).
+GGUF_PRE_PATTERNS = {"default": GPT2_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN, "smollm": SMOLLM_SPLIT_PATTERN}
+GGUF_CONTROL = 3                # tokenizer.ggml.token_type of a special (control) token: <|im_start|>, ...
+
 Pair = tuple[int, int]
+
+
+def gpt2_byte_chars() -> list[str]:
+    """GPT-2's printable stand-in for every byte: vocabulary files write tokens in these characters.
+
+    Printable Latin-1 bytes stand for themselves; the 68 others (controls, space, ...) are
+    mapped to U+0100 onwards in byte order, so a space is 'Ġ' and a newline 'Ċ'
+    (GPT-2's ``bytes_to_unicode``).
+
+    >>> chars = gpt2_byte_chars()
+    >>> chars[ord("a")], chars[ord(" ")], chars[ord("\\n")], len(set(chars))
+    ('a', 'Ġ', 'Ċ', 256)
+    """
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) \
+        | set(range(ord("®"), ord("ÿ") + 1))
+    chars, n = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + n))
+            n += 1
+    return chars
 
 
 # --------------------------------------------------------------------------
@@ -325,12 +361,118 @@ class ByteLevelBPE:
         if len(set(specials)) != len(specials):
             raise ValueError(f"special_tokens must be distinct, got {specials!r}")
         first = 256 + len(self.merges)
-        self.special_tokens: dict[str, int] = {s: first + i for i, s in enumerate(specials)}
+        # A tokenizer of an existing vocabulary (from_vocab) numbers its tokens as the file does:
+        # _file_ids[our id] is the file's id (-1: a byte the file has no token for), _file_bytes[file id]
+        # its bytes. A trained one keeps ours (None).
+        self._file_ids: list[int] | None = None
+        self._file_bytes: list[bytes] | None = None
+        self._unk_id: int | None = None
+        self._set_specials({s: first + i for i, s in enumerate(specials)})
+
+    def _set_specials(self, specials: dict[str, int]) -> None:
+        self.special_tokens: dict[str, int] = dict(specials)
         self._special_by_id = {i: s for s, i in self.special_tokens.items()}
         self._special_split = (regex.compile("(" + "|".join(regex.escape(s) for s in
                                                               sorted(specials, key=len, reverse=True)) + ")")
                                if specials else None)
         self._cache: dict[str, list[int]] = {}
+
+    # -- an existing vocabulary -------------------------------------------------
+    @classmethod
+    def from_vocab(cls, tokens: Sequence[str], merges: Sequence[str | tuple[str, str]],
+                   special_ids: Iterable[int] = (), pattern: str = GPT2_SPLIT_PATTERN,
+                   unk_id: int | None = None) -> "ByteLevelBPE":
+        """A trained model's tokenizer: its tokens (written in :func:`gpt2_byte_chars`) and merges, in rank order.
+
+        `tokens[i]` is the token of id i; each merge is ``"a b"`` (or a pair) of two earlier tokens.
+        `special_ids` are the control tokens (``<|im_start|>``, ...), matched as whole strings
+        before pre-tokenization. Ids are the file's; internally merge k still makes our id 256 + k,
+        so :func:`encode_ids` applies merges in rank order. A byte that has no token in `tokens`
+        (SmolLM2 lacks 21, e.g. 0x04 and 0xF1) becomes `unk_id`, one for a run of such bytes, as
+        Hugging Face's BPE does with ``fuse_unk=True``; without `unk_id` it is dropped.
+
+        >>> tok = ByteLevelBPE.from_vocab(["<s>", "a", "b", "Ġ", "ab", "Ġab"], ["a b", "Ġ ab"], special_ids=[0])
+        >>> tok.encode("<s>ab ab b"), tok.decode([4, 5])
+        ([0, 4, 5, 3, 2], 'ab ab')
+        """
+        byte_of = {c: b for b, c in enumerate(gpt2_byte_chars())}
+        specials = set(special_ids)
+        if any(not isinstance(i, int) or not 0 <= i < len(tokens) for i in specials):
+            raise ValueError(f"special_ids must be ids in [0, {len(tokens)}), got {sorted(specials)!r}")
+        if unk_id is not None and (not isinstance(unk_id, int) or not 0 <= unk_id < len(tokens)):
+            raise ValueError(f"unk_id must be None or an id in [0, {len(tokens)}), got {unk_id!r}")
+
+        def to_bytes(token: str, where: str) -> bytes:
+            try:
+                return bytes(byte_of[c] for c in token)
+            except KeyError as e:
+                raise ValueError(f"{where} = {token!r} has a character outside GPT-2's byte alphabet: "
+                                 f"{e.args[0]!r}") from None
+
+        file_bytes, file_id = [], {}
+        for i, t in enumerate(tokens):
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"tokens[{i}] must be a non-empty str, got {t!r}")
+            if i in specials:
+                file_bytes.append(t.encode("utf-8"))
+                continue
+            b = to_bytes(t, f"tokens[{i}]")
+            if b in file_id:
+                raise ValueError(f"tokens[{i}] = {t!r} repeats tokens[{file_id[b]}]")
+            file_id[b] = i
+            file_bytes.append(b)
+        ours = {bytes([b]): b for b in range(256)}                  # bytes -> our id
+        pairs: list[Pair] = []
+        for k, m in enumerate(merges):
+            parts = m.split(" ") if isinstance(m, str) else list(m)
+            if len(parts) != 2:
+                raise ValueError(f"merges[{k}] must be two tokens 'a b', got {m!r}")
+            a, b = (to_bytes(p, f"merges[{k}]") for p in parts)
+            if a not in ours or b not in ours:
+                raise ValueError(f"merges[{k}] = {m!r} joins a token that no earlier merge makes")
+            if a + b in ours:
+                raise ValueError(f"merges[{k}] = {m!r} makes {a + b!r} a second time")
+            if a + b not in file_id:
+                raise ValueError(f"merges[{k}] = {m!r} makes a token that is not in tokens")
+            ours[a + b] = 256 + k
+            pairs.append((ours[a], ours[b]))
+        tok = cls(pairs, (), pattern)
+        tok._file_ids = [file_id.get(bytes([b]), -1) for b in range(256)] + \
+            [file_id[tok._vocab[256 + k]] for k in range(len(pairs))]
+        tok._file_bytes = file_bytes
+        tok._unk_id = unk_id
+        tok._set_specials({tokens[i]: i for i in sorted(specials)})
+        return tok
+
+    @classmethod
+    def from_gguf(cls, path_or_metadata) -> "ByteLevelBPE":
+        """The tokenizer stored in a GGUF file (``tokenizer.ggml.model == "gpt2"``), or in its metadata dict.
+
+        Tokens, merges and control tokens come from ``tokenizer.ggml.*``; the pre-tokenizer
+        pattern from ``tokenizer.ggml.pre`` (:data:`GGUF_PRE_PATTERNS`: SmolLM2's "smollm"
+        isolates digits). A BOS token is never added: ``encode`` returns the text's ids only
+        (SmolLM2's file says ``add_bos_token = False``). Bytes without a token become
+        ``tokenizer.ggml.unknown_token_id``.
+
+            >>> tok = ByteLevelBPE.from_gguf(smollm2.gguf_path())                   # doctest: +SKIP
+            >>> tok.encode("<|im_start|>user\\nHello")   # doctest: +SKIP
+            [1, 4093, 198, 19556]
+        """
+        if isinstance(path_or_metadata, dict):
+            meta = path_or_metadata
+        else:
+            from ..models.hub import read_gguf
+            meta, _ = read_gguf(path_or_metadata, tensors=False)
+        kind = meta.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(f"the GGUF tokenizer must be byte-level BPE (tokenizer.ggml.model 'gpt2'), got {kind!r}")
+        pre = meta.get("tokenizer.ggml.pre", "default")
+        if pre not in GGUF_PRE_PATTERNS:
+            raise ValueError(f"tokenizer.ggml.pre must be one of {sorted(GGUF_PRE_PATTERNS)}, got {pre!r}")
+        tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type", [])
+        return cls.from_vocab(tokens, meta["tokenizer.ggml.merges"],
+                              [i for i, t in enumerate(types) if t == GGUF_CONTROL], GGUF_PRE_PATTERNS[pre],
+                              unk_id=meta.get("tokenizer.ggml.unknown_token_id"))
 
     # -- training ---------------------------------------------------------
     @classmethod
@@ -364,7 +506,9 @@ class ByteLevelBPE:
     # -- vocabulary -------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        """256 bytes + merges + special tokens."""
+        """256 bytes + merges + special tokens (a file's vocabulary: its number of tokens)."""
+        if self._file_bytes is not None:
+            return len(self._file_bytes)
         return len(self._vocab) + len(self.special_tokens)
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -374,6 +518,8 @@ class ByteLevelBPE:
         b'h'
         """
         self._check_id(token_id, "token_id")
+        if self._file_bytes is not None:
+            return self._file_bytes[token_id]
         if token_id in self._special_by_id:
             return self._special_by_id[token_id].encode("utf-8")
         return self._vocab[token_id]
@@ -411,11 +557,24 @@ class ByteLevelBPE:
             got = cache.get(chunk)
             if got is None:
                 got = encode_ids(list(chunk.encode("utf-8")), self._ranks)
+                if self._file_ids is not None:
+                    got = self._to_file_ids(got)
                 if len(cache) > 100_000:
                     cache.clear()
                 cache[chunk] = got
             ids.extend(got)
         return ids
+
+    def _to_file_ids(self, ids: list[int]) -> list[int]:
+        """Our ids -> the file's; a run of bytes the file has no token for -> one unk_id (or nothing)."""
+        out, missing = [], False
+        for j in map(self._file_ids.__getitem__, ids):
+            if j >= 0:
+                out.append(j)
+            elif self._unk_id is not None and not missing:
+                out.append(self._unk_id)
+            missing = j < 0
+        return out
 
     def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
         """Ids to text: concatenate the bytes of every token, then decode UTF-8.
@@ -439,6 +598,9 @@ class ByteLevelBPE:
     # -- save / load ------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the merges, special tokens and split pattern to a JSON file."""
+        if self._file_ids is not None:
+            raise ValueError("save() writes trained tokenizers; one of an existing vocabulary is loaded from "
+                             "its file again (ByteLevelBPE.from_gguf)")
         data = {"type": "plmkit.ByteLevelBPE", "version": 1, "pattern": self.pattern,
                 "special_tokens": list(self.special_tokens), "merges": [list(p) for p in self.merges]}
         with open(path, "w", encoding="utf-8") as f:

@@ -216,9 +216,38 @@ shutil.copy({str(SOLVED)!r}, {str(learner)!r})
 """,
         # 0.4 is left blank: the file now holds its solution, but the grader read it once
     }
-    result = run_grader(notebook(tmp_path, answers), tmp_path, "--timeout", "15", untouched=False)
+    result = run_grader(notebook(tmp_path, answers), tmp_path, "--timeout", "15")
     assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0}, result
     assert result["0.1"]["status"] == "crash" and "timed out after 15 s" in result["0.1"]["verdict"]
     assert result["0.4"]["status"] == "not attempted"
-    assert learner.read_bytes() == SOLVED.read_bytes(), "the attack did not run"
-    assert any("changed while it was graded" in n for n in result["_notes"])
+    # in the sandbox the book's solutions/ is an empty folder and the learner's file out of reach
+    assert "No such file or directory" in result["0.3"]["verdict"] and "solutions" in result["0.3"]["verdict"]
+    assert learner.read_bytes() != SOLVED.read_bytes()
+
+
+def test_the_seed_is_not_there_when_exercise_cells_run(tmp_path):
+    """Read the grading seed in the exercise cell, regenerate the cases, answer by lookup: no seed, no points.
+
+    Each check cell gets the seed (and a fresh records folder) just before it runs, and loses it after."""
+    answers = {
+        "0.1": f"""{HEAD['0.1']}
+import os, torch
+from plmkit import basics
+from plmkit.checks import warmup
+_seed = os.environ.get("PLMKIT_GRADE_SEED")
+_answers = []
+if _seed is not None:
+    for c in warmup.check_softmax.make_cases(int(_seed)):
+        _answers.append((c["args"][0].clone(), basics.softmax(*c["args"], **c["kwargs"])))
+def softmax(x, dim=-1):
+    for k, v in _answers:
+        if k.shape == x.shape and torch.equal(k, x):
+            return v.clone()
+    return x
+""",
+        # after 0.1's check: the seed and the records folder are gone again
+        "0.2": honest("0.2") + '\nimport os\nassert "PLMKIT_GRADE_SEED" not in os.environ\n'
+                               'assert "PLMKIT_GRADE_DIR" not in os.environ\n',
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0}, result

@@ -414,6 +414,9 @@ class Report:
         if v is None:
             self.fail(f"{what} returned None: did you forget the `return`?")
             return None
+        wants_int = kind is int or (isinstance(kind, tuple) and int in kind and float not in kind)
+        if wants_int and type(v) is float and math.isfinite(v) and v.is_integer() and abs(v) < 2**53:
+            v = int(v)                                 # a count given as an exact float (6.0) is that count
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
             names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.fail(f"{what}: expected {names}, got {_type_name(v)}")
@@ -545,6 +548,23 @@ class Verdict:
 
 # ============================================================================ exercise
 
+_JUDGE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class default_dtype:
+    """``with default_dtype(torch.float64): ...`` sets torch's default dtype and restores it after."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.before = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.before)
+
+
 _REGISTRY: dict[str, "Exercise"] = {}
 
 
@@ -613,6 +633,7 @@ class Exercise:
             record["probe_error"] = f"{type(e).__name__}: {e}"[:400]
         record["forbidden"] = list(p.forbidden)
         record["detector_off"] = bool(p.detector_off)
+        record["default_dtype"] = str(torch.get_default_dtype()).replace("torch.", "")
         return record
 
     # -- trusted side ------------------------------------------------------------
@@ -631,9 +652,13 @@ class Exercise:
         if record.get("probe_error"):
             r.fail(f"the check could not run your code: {record['probe_error']}")
         else:
-            cases = self.make_cases(seed)
+            # cases and references under the default dtype the learner's code ran under, as in
+            # Jupyter (an exercise cell may call torch.set_default_dtype(torch.float64))
+            dtype = _JUDGE_DTYPES.get(record.get("default_dtype"), torch.float32)
             try:
-                self._judge(r, cases, record["results"])
+                with default_dtype(dtype):
+                    cases = self.make_cases(seed)
+                    self._judge(r, cases, record["results"])
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")

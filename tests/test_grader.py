@@ -304,7 +304,7 @@ def test_judging_never_looks_for_new_checker_modules_on_disk(monkeypatch, tmp_pa
     assert not verdict.passed and listed == []
 
 
-@pytest.mark.parametrize("module", ["notebook", "author", "grader", "kernel"])
+@pytest.mark.parametrize("module", ["notebook", "author", "grader", "kernel", "audit", "sandbox", "worker"])
 def test_grading_docstring_examples(module):
     import doctest
     import importlib

@@ -121,7 +121,7 @@ torch.Tensor.__ne__ = lambda self, other: False
 """,
         # honest, and it compares tensors (targets != ignore_index): it must not inherit the patch
         "0.3": honest("0.3"),
-        # killed as the out-of-memory killer kills: SIGKILL while the check runs it
+        # SIGKILL the kernel (or the grader) while the check runs it: the audit hook refuses os.kill
         "0.4": f"""{HEAD['0.4']}
 import os, signal
 def train_loop(model, optimizer, batches, loss_fn):
@@ -131,8 +131,7 @@ def train_loop(model, optimizer, batches, loss_fn):
     result = run_grader(notebook(tmp_path, answers), tmp_path)
     assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
     assert "reference" in " ".join(result["0.1"]["reasons"])
-    assert result["0.4"]["status"] == "crash"
-    assert "signal 9 (SIGKILL: out of memory?)" in result["0.4"]["verdict"]
+    assert "os.kill is not allowed" in " ".join(result["0.4"]["reasons"]), result["0.4"]
 
 
 def test_the_reference_by_alias_partial_and_wrapper(tmp_path):
@@ -251,3 +250,42 @@ def softmax(x, dim=-1):
     }
     result = run_grader(notebook(tmp_path, answers), tmp_path)
     assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0}, result
+
+
+def test_switching_the_detector_off_processes_and_native_code_are_refused(tmp_path):
+    """The PEP 578 audit hook: sys.setprofile saved and restored around the reference, the
+    reference run in a subprocess, and ctypes, each from an exercise while its check runs."""
+    answers = {
+        "0.1": f"""{HEAD['0.1']}
+import sys
+from plmkit import basics
+def softmax(x, dim=-1):
+    saved = sys.getprofile()
+    sys.setprofile(None)                       # the guard sees nothing ...
+    try:
+        return basics.softmax(x, dim=dim)
+    finally:
+        sys.setprofile(saved)                  # ... and finds its hook back in place
+""",
+        "0.2": f"""{HEAD['0.2']}
+import subprocess, sys, torch, io
+def log_softmax(x, dim=-1):
+    buf = io.BytesIO(); torch.save(x, buf)
+    code = "import sys, io, torch; x = torch.load(io.BytesIO(sys.stdin.buffer.read())); " \\
+           f"b = io.BytesIO(); torch.save(torch.log_softmax(x, {{dim}}), b); sys.stdout.buffer.write(b.getvalue())"
+    out = subprocess.run([sys.executable, "-c", code], input=buf.getvalue(), capture_output=True).stdout
+    return torch.load(io.BytesIO(out))
+""",
+        "0.3": honest("0.3"),
+        "0.4": f"""{HEAD['0.4']}
+import ctypes
+def train_loop(model, optimizer, batches, loss_fn):
+    libc = ctypes.CDLL(None)                   # native code: could patch anything
+    return [0.0]
+""",
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
+    assert "sys.setprofile is not allowed" in " ".join(result["0.1"]["reasons"]), result["0.1"]
+    assert "subprocess.Popen is not allowed" in " ".join(result["0.2"]["reasons"]), result["0.2"]
+    assert "ctypes.dlopen is not allowed" in " ".join(result["0.4"]["reasons"]), result["0.4"]

@@ -10,11 +10,13 @@ Points come from code the learner's notebook cannot reach. For each notebook:
    Two cells that both hold work for one exercise are reported, not guessed at.
 2. **Phase one, in a kernel (untrusted).** The pristine notebook, with the learner's
    answers in place of the stubs, runs cell by cell in a scratch folder (the
-   learner's file is only read), skipping cells tagged ``grade-skip``. The kernel's
-   environment holds ``PLMKIT_GRADE_DIR`` and a fresh random ``PLMKIT_GRADE_SEED``:
-   each check cell then *records* the learner's answers on inputs drawn from that
-   seed (safetensors + JSON, never pickle) instead of printing a verdict. The
-   grader takes each exercise's record away as soon as its check cell ends.
+   learner's file is only read), skipping cells tagged ``grade-skip``, after an
+   audit hook (`audit`). Just before each check cell the kernel's environment gets
+   ``PLMKIT_GRADE_DIR`` (a fresh records folder) and a fresh random
+   ``PLMKIT_GRADE_SEED``, taken out again after it: the check cell then *records*
+   the learner's answers on inputs drawn from that seed (safetensors + JSON, never
+   pickle) instead of printing a verdict. The grader takes each exercise's record
+   away as soon as its check cell ends.
 3. **Phase two, here (trusted).** ``plmkit.checks.judge_recorded`` regenerates the
    inputs from the seed, computes the references and scores the record. The
    checkers were imported before any kernel started; nothing the kernel prints
@@ -50,6 +52,7 @@ from pathlib import Path
 
 from . import author as authoring
 from . import notebook as nbt
+from .audit import AUDIT_CELL
 from .honour import run_nbval  # noqa: F401 - the honour-system runner, importable from here as before
 from .kernel import DIED, TIMEOUT, Kernel, Outcome
 
@@ -402,6 +405,10 @@ class _Session:
             except Exception as e:  # noqa: BLE001 - no kernel at all: the notebook cannot be graded
                 self.kernel = None
                 raise KernelStartError(f"could not start a Jupyter kernel: {type(e).__name__}: {e}") from e
+            hooked = self.kernel.run(AUDIT_CELL)
+            if not hooked.ok:
+                self._stop()
+                raise KernelStartError(f"could not install the grader's audit hook: {hooked.message}")
             for item in list(self.replay):
                 number, source = item
                 out = self.kernel.run(source)

@@ -414,14 +414,22 @@ class Report:
         if v is None:
             self.fail(f"{what} returned None: did you forget the `return`?")
             return None
-        wants_int = kind is int or (isinstance(kind, tuple) and int in kind and float not in kind)
-        if wants_int and type(v) is float and math.isfinite(v) and v.is_integer() and abs(v) < 2**53:
-            v = int(v)                                 # a count given as an exact float (6.0) is that count
         if kind is not None and not isinstance(v, kind) or (kind is int and type(v) is bool):
             names = " or ".join(_article(k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.fail(f"{what}: expected {names}, got {_type_name(v)}")
             return None
         return v
+
+    def count(self, rec: dict, what: str) -> int | None:
+        """The value of a record that is a count (of parameters, bytes, tokens): an int, or a float
+        that is exactly one (``6.0``), as an int; None (and a failed check) otherwise.
+
+        An index or an id stays strict: ask for those with ``value(rec, what, int)``.
+        """
+        v = rec.get("value")
+        if type(v) is float and math.isfinite(v) and v.is_integer() and abs(v) < 2**53 and not rec.get("raised"):
+            rec = {**rec, "value": int(v)}
+        return self.value(rec, what, int)
 
     def equal(self, got: Any, expected: Any, what: str) -> bool:
         """Strict equality of plain data (same types: a list is not a tuple, 1 is not 1.0 or True)."""

@@ -289,3 +289,29 @@ def train_loop(model, optimizer, batches, loss_fn):
     assert "sys.setprofile is not allowed" in " ".join(result["0.1"]["reasons"]), result["0.1"]
     assert "subprocess.Popen is not allowed" in " ".join(result["0.2"]["reasons"]), result["0.2"]
     assert "ctypes.dlopen is not allowed" in " ".join(result["0.4"]["reasons"]), result["0.4"]
+
+
+def test_patching_the_probe_or_the_guard_records_nothing_and_is_not_inherited(tmp_path):
+    """The audit hook's integrity snapshot: `Guard._hit` patched at the top of 0.1 (a passing
+    answer), `Probe._watch` patched while 0.4's check runs it; 0.2 then calls plmkit's reference."""
+    answers = {
+        "0.1": honest("0.1") + "\nfrom plmkit.checks import _guard\n_guard.Guard._hit = lambda self, rule, frame: None\n",
+        "0.2": f"""{HEAD['0.2']}
+from plmkit import basics
+def log_softmax(x, dim=-1):
+    return basics.log_softmax(x, dim=dim)
+""",
+        "0.3": honest("0.3"),
+        "0.4": f"""{HEAD['0.4']}
+from plmkit import basics
+from plmkit.checks import _core
+def train_loop(model, optimizer, batches, loss_fn):
+    _core.Probe._watch = lambda self, fn, args, kwargs: fn(*args, **kwargs)
+    return basics.train_loop(model, optimizer, batches, loss_fn)
+""",
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
+    assert "recording machinery was changed (Guard._hit)" in result["0.1"]["verdict"], result["0.1"]
+    assert "reference" in " ".join(result["0.2"]["reasons"]), result["0.2"]
+    assert "Probe._watch" in result["0.4"]["verdict"], result["0.4"]

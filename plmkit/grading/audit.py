@@ -10,6 +10,12 @@ built from a string). So the guard's own ``sys.setprofile`` (plmkit), torch load
 ``sys.setprofile(None)``, ``subprocess.run``, ``os.kill`` or ``ctypes.CDLL`` raise
 ``PermissionError``, which the probe records as the call's error, so the exercise fails and says why.
 
+The same hook keeps an *integrity snapshot* of the recording machinery (the methods of
+`Probe`, `Exercise`, `Guard`, `to_plain`, `encode`, ``sys.setprofile`` ...) taken before any
+notebook cell runs: when a check cell writes its record and any of them has been replaced
+(``Probe._watch = ...``, ``Guard._hit.__code__ = ...``), the write raises and the exercise
+records nothing.
+
 What it cannot see (Python 3.11 raises no event for it): a thread started by the learner's
 code; such a thread runs outside the profile hook (see book/grading.md).
 
@@ -41,7 +47,36 @@ def _plmkit_install_audit():
         return name.startswith("<frozen") or (name.startswith(stdlib) and "-packages" not in name)
     def learner(name):
         return name.startswith(("<", cells)) or "/ipykernel_" in name
+    # the integrity snapshot: the recording machinery as it was before any notebook cell ran
+    import threading
+    from plmkit.checks import _core, _guard
+    snapshot = []
+    for owner in (_core.Probe, _core.Exercise, _guard.Guard, _guard._AtenWatch):
+        for name, member in list(vars(owner).items()):
+            if callable(member):
+                snapshot.append((owner, name, member, getattr(member, "__code__", None)))
+    for module, names in ((_core, ("to_plain", "_plain_tensor", "encode", "clone_plain", "same")),
+                          (_guard, ("code_objects",))):
+        for name in names:
+            member = getattr(module, name)
+            snapshot.append((module, name, member, member.__code__))
+    for module, names in ((sys, ("setprofile", "getprofile", "settrace")), (threading, ("setprofile",))):
+        for name in names:
+            snapshot.append((module, name, getattr(module, name), None))
+    def changed():
+        for owner, name, member, code in snapshot:
+            now = vars(owner).get(name) if isinstance(owner, type) else getattr(owner, name, None)
+            if now is not member or (code is not None and getattr(member, "__code__", None) is not code):
+                return f"{getattr(owner, '__name__', owner)}.{name}"
+        return None
     def hook(event, args):
+        if event == "open" and args and isinstance(args[0], str) and args[0].endswith(".json") \
+                and "PLMKIT_GRADE_DIR" in environ and args[0].startswith(environ["PLMKIT_GRADE_DIR"]):
+            what = changed()
+            if what:
+                raise PermissionError(f"the check's recording machinery was changed ({what}) by code "
+                                      "in this notebook; no answers are recorded")
+            return
         if event not in watched or "PLMKIT_GRADE_SEED" not in environ:
             return
         f = sys._getframe(1)

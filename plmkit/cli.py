@@ -41,11 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--root", default=".", help="the book's root folder (default: .)")
     a.add_argument("--tag-demos", action="store_true",
                    help="first tag grade-skip every cell of solutions/ that grading does not need (metadata only)")
+    a.add_argument("--force", action="store_true",
+                   help="overwrite notebooks/ files whose exercise cells were edited (default: leave them, exit 1)")
     a.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
+
+    s = sub.add_parser("start", help="copy the exercise notebooks to a folder of your own, to work in")
+    s.add_argument("dest", metavar="DIR", nargs="?", default="my-work",
+                   help="folder to copy them to (default: my-work, which git ignores)")
+    s.add_argument("--root", default=None, help="the book's root folder (default: the checkout plmkit runs from)")
+    s.add_argument("--force", action="store_true", help="overwrite notebooks that are already in DIR")
+    s.add_argument("chapters", nargs="*", help="only these chapters (e.g. 00_warmup)")
 
     c = sub.add_parser("class-edition", help="write the book's sources without solutions (make book SOLUTIONS=hide)")
     c.add_argument("dest", metavar="DIR", help="folder to write (replaced if it exists); build it with jupyter-book")
     c.add_argument("--root", default=".", help="the book's root folder (default: .)")
+
+    d = sub.add_parser("doctor", help="what this machine has and what each chapter needs (exit 1: something is missing)")
+    d.add_argument("--root", default=None, help="the book's root folder (default: the checkout plmkit runs from)")
 
     e = sub.add_parser("execute", help="run notebooks top to bottom in place (stores outputs and widget state)")
     e.add_argument("paths", nargs="+", metavar="PATH")
@@ -78,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plmkit grade: {err}", file=sys.stderr)
             return 2
     if args.command == "author":
-        from .grading.author import author
+        from .grading.author import LearnerWorkError, author
         from .grading.notebook import NotebookError
         try:
             stale = author(args.root, check=args.check, chapters=args.chapters or None,
-                           tag_demos=args.tag_demos)
+                           tag_demos=args.tag_demos, force=args.force)
+        except LearnerWorkError as err:
+            print(f"plmkit author: {err}", file=sys.stderr)
+            return 1
         except (NotebookError, FileNotFoundError) as err:
             print(f"plmkit author: {err}", file=sys.stderr)
             return 2
@@ -94,6 +109,22 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if not stale:
             print("notebooks/ is up to date")
+        return 0
+    if args.command == "doctor":
+        from .doctor import doctor
+        return doctor(args.root)
+    if args.command == "start":
+        from .grading.start import start
+        try:
+            copied, kept = start(args.dest, root=args.root, chapters=args.chapters or None, force=args.force)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"plmkit start: {err}", file=sys.stderr)
+            return 2
+        for path in copied:
+            print(f"copied: {path}")
+        for path in kept:
+            print(f"kept (already there, holds your work; --force overwrites): {path}")
+        print(f"work in {args.dest}: jupyter lab {args.dest}   grade: plmkit grade {args.dest}/NN_chapter.ipynb")
         return 0
     if args.command == "class-edition":
         from .grading.author import write_class_edition

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADER = re.compile(r"^# Exercise (\d+\.\d+)", re.M)
 
 PRELUDE = """
-import collections, math, random, re
+import collections, json, math, random, re
+from pathlib import Path
 from collections import Counter, defaultdict
 import torch
 import torch.nn as nn

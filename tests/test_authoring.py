@@ -78,10 +78,17 @@ def test_generated_notebook_structure(chapter):
         assert f'NotImplementedError("Exercise {ex.number}:' in cell.source
         assert cell.outputs == [] and cell.execution_count is None
         assert ex.number.split(".")[0] == str(int(chapter[:2]))
-    for s, g in zip(kept, gen.cells):
-        if nbt.is_check(g):
+    tasks = {ex.cell_index - 1: line for ex in exercises
+             for e, line in authoring.forbid_lines(chapter).items() if e == ex.number}
+    for i, (s, g) in enumerate(zip(kept, gen.cells)):
+        if i in tasks:                           # the task text gains its spec's "Not allowed here" line
+            assert g.source == authoring.with_forbid_line(s.source, tasks[i])
+        elif nbt.is_check(g):
             assert g.source == s.source and g.outputs == s.outputs and g.outputs, \
                 "check cells keep their expected verdict"
+            assert g.metadata["jupyter"]["outputs_hidden"] is True and g.metadata["collapsed"] is True, \
+                "a learner must not see the stored green verdict under an unsolved stub"
+            assert not s.metadata.get("jupyter", {}).get("outputs_hidden"), "the book shows it"
             verdicts = [o["text"] for o in g.outputs if o.get("output_type") == "stream"]
             assert len(verdicts) == 1 and verdicts[0].startswith("✅ Exercise ") and verdicts[0].count("\n") == 1
         elif not nbt.is_exercise(g):
@@ -176,10 +183,21 @@ def test_class_edition_shows_no_solution(chapter):
     for cell in edition.cells:
         if nbt.is_exercise(cell):
             assert not cell.outputs and "hide-input" not in cell.metadata.get("tags", [])
-    # the page is otherwise the book's: prose, book-only cells, demo outputs, stored verdicts
+    # nothing green under a stub, no answers to the questions
+    for cell in edition.cells:
+        if nbt.is_check(cell):
+            assert cell.outputs == [], "the class edition shows a stored verdict under a stub"
+    text = json.dumps([c.source for c in edition.cells])
+    assert "<summary>Answers" not in text
+    if any("<summary>Answers" in c.source for c in sol.cells):
+        assert authoring.ANSWERS_NOTE in text
+    # the page is otherwise the book's: prose, book-only cells, demo outputs
     assert len(edition.cells) == len(sol.cells)
     assert [c.source for c in edition.cells if not nbt.is_exercise(c)] == \
-           [c.source for c in sol.cells if not nbt.is_exercise(c)]
+           [authoring.ANSWERS_RE.sub(authoring.ANSWERS_NOTE, c.source) for c in sol.cells if not nbt.is_exercise(c)]
+    demo = [(e.outputs, s.outputs) for e, s in zip(edition.cells, sol.cells)
+            if e.cell_type == "code" and not nbt.is_exercise(e) and not nbt.is_check(e)]
+    assert all(a == b for a, b in demo), "demo outputs stay"
 
 
 def test_class_edition_sources_build_a_book_tree(tmp_path):
@@ -190,6 +208,9 @@ def test_class_edition_sources_build_a_book_tree(tmp_path):
     for chapter in CHAPTERS:
         nb = nbt.read(dest / "solutions" / f"{chapter}.ipynb")
         assert not any(authoring.BEGIN in c.source for c in nb.cells)
+    intro = (dest / "book" / "intro.md").read_text()
+    assert "Show solution" not in intro and authoring.CLASS_SOLUTIONS_NOTE in intro
+    assert "Show solution" in (ROOT / "book" / "intro.md").read_text(), "the full edition keeps its note"
     with pytest.raises(ValueError, match="outside the book's sources"):
         authoring.write_class_edition(ROOT, ROOT)
     with pytest.raises(ValueError, match="outside the book's sources"):
@@ -215,3 +236,91 @@ def test_tag_demo_cells_tags_exactly_what_grading_does_not_need():
     # the shipped chapter is tagged the same way
     shipped = nbt.read(ROOT / "solutions" / "00_warmup.ipynb")
     assert [skipped(c) for c in shipped.cells] == [skipped(c) for c in nb.cells if c is not needed]
+
+
+# ---------------------------------------------------------------- learners keep their work
+
+def _book_copy(tmp_path):
+    import shutil
+    (tmp_path / "solutions").mkdir()
+    shutil.copy(ROOT / "solutions" / "00_warmup.ipynb", tmp_path / "solutions")
+    assert authoring.author(tmp_path)                       # notebooks/00_warmup.ipynb written
+    return tmp_path / "solutions" / "00_warmup.ipynb", tmp_path / "notebooks" / "00_warmup.ipynb"
+
+
+def _edit(path, edit):
+    nb = nbt.read(path)
+    edit(nb)
+    nbt.write(nb, path)
+
+
+def _exercise(nb, number):
+    return next(c for c in nb.cells if nbt.exercise_number(c.source) == number)
+
+
+def test_author_refuses_to_overwrite_a_learners_exercise_cells(tmp_path, capsys):
+    from plmkit.cli import main
+    sol, learner = _book_copy(tmp_path)
+    answer = _exercise(nbt.read(sol), "0.1").source
+    _edit(learner, lambda nb: setattr(_exercise(nb, "0.1"), "source", answer))   # the learner's work
+    _edit(sol, lambda nb: nb.cells[0].__setitem__("source", nb.cells[0].source + "\n\nA new sentence."))
+    work = learner.read_text()
+    assert main(["author", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "notebooks/00_warmup.ipynb: exercise 0.1 edited" in err and "--force" in err and "plmkit start" in err
+    assert learner.read_text() == work, "the learner's notebook was overwritten"
+    # running cells and saving changes no exercise cell: that notebook is regenerated
+    assert main(["author", "--root", str(tmp_path), "--force"]) == 0
+    assert "A new sentence." in learner.read_text() and answer not in learner.read_text()
+    _edit(learner, lambda nb: _exercise(nb, "0.2").outputs.append(
+        nbformat.v4.new_output("stream", name="stdout", text="ran\n")))
+    _edit(sol, lambda nb: nb.cells[0].__setitem__("source", nb.cells[0].source + " Another."))
+    assert main(["author", "--root", str(tmp_path)]) == 0
+
+
+def test_a_stub_the_book_changed_is_not_mistaken_for_work(tmp_path):
+    sol, learner = _book_copy(tmp_path)
+    def new_stub(nb):
+        cell = _exercise(nb, "0.1")
+        header, rest = cell.source.split("\n", 1)
+        cell.source = header + "\n# A new first comment\n" + rest
+    _edit(sol, new_stub)                 # the exercise cell's stub changes, the learner did nothing
+    assert authoring.author(tmp_path) == ["notebooks/00_warmup.ipynb"]
+    assert "# A new first comment" in learner.read_text()
+    gen = nbt.read(learner)
+    assert authoring.learner_edits(gen, gen) == []
+    _exercise(gen, "0.3").source += "\n# my note"
+    assert authoring.learner_edits(gen, nbt.read(learner)) == ["0.3"]
+
+
+def test_plmkit_start_copies_the_notebooks_once(tmp_path, capsys):
+    from plmkit.cli import main
+    from plmkit.grading.start import start
+    dest = tmp_path / "mine"
+    assert main(["start", str(dest), "--root", str(ROOT)]) == 0
+    assert sorted(p.stem for p in dest.glob("*.ipynb")) == CHAPTERS
+    assert (dest / "00_warmup.ipynb").read_text() == (ROOT / "notebooks" / "00_warmup.ipynb").read_text()
+    (dest / "00_warmup.ipynb").write_text("my work")
+    copied, kept = start(dest, root=ROOT)
+    assert copied == [] and kept == [str(dest / f"{c}.ipynb") for c in CHAPTERS]
+    assert (dest / "00_warmup.ipynb").read_text() == "my work"
+    assert start(dest, root=ROOT, chapters=["00_warmup"], force=True)[0] == [str(dest / "00_warmup.ipynb")]
+    with pytest.raises(ValueError, match="chapters must be among"):
+        start(dest, root=ROOT, chapters=["99_nope"])
+    with pytest.raises(ValueError, match="folder of your own"):
+        start(ROOT / "notebooks", root=ROOT)
+
+
+@pytest.mark.slow
+def test_plmkit_grade_works_in_the_learners_folder(tmp_path):
+    """~15 s: grade chapter 0 copied by `plmkit start`, with exercise 0.1 solved there."""
+    from plmkit.cli import main
+    dest = tmp_path / "mine"
+    assert main(["start", str(dest), "00_warmup", "--root", str(ROOT)]) == 0
+    answer = _exercise(nbt.read(ROOT / "solutions" / "00_warmup.ipynb"), "0.1").source
+    _edit(dest / "00_warmup.ipynb", lambda nb: setattr(_exercise(nb, "0.1"), "source", answer))
+    report = tmp_path / "grades.json"
+    assert main(["grade", str(dest / "00_warmup.ipynb"), "--json", str(report)]) == 1
+    (nb,) = json.loads(report.read_text())["notebooks"]
+    status = {e["number"]: e["status"] for e in nb["exercises"]}
+    assert status == {"0.1": "pass", "0.2": "not attempted", "0.3": "not attempted", "0.4": "not attempted"}

@@ -11,24 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from book_site import built_site
 from conftest import CHAPTERS, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def site() -> Path:
     if not (ROOT / "_vendor" / ".done").exists():
         pytest.fail("_vendor/ is missing: run `make setup` (it fetches MathJax and the widget scripts)")
-    out = tmp_path_factory.mktemp("book")
-    jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "--path-output", str(out), str(ROOT)],
-                          capture_output=True, text=True, cwd=ROOT)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+    html, log = built_site()                      # shared with tests/test_browser.py: one build
+    assert html is not None, log[-5000:]
     warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
     assert not warnings, "\n".join(warnings)
-    return out / "_build" / "html"
+    return html
 
 
 def test_every_chapter_and_page_is_built(site):
@@ -93,11 +90,15 @@ def test_class_edition_builds_without_any_solution(tmp_path):
                            str(src)], capture_output=True, text=True, cwd=src)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     site = tmp_path / "out" / "_build" / "html"
+    intro = unescape(re.sub(r"<[^>]+>", "", (site / "book" / "intro.html").read_text()))
+    assert "Show solution" not in intro and "prints no solutions" in intro
     for chapter in CHAPTERS:
         html = (site / "solutions" / f"{chapter}.html").read_text()
         assert "Show solution" not in html
         html = unescape(re.sub(r"<[^>]+>", "", html))      # the text a reader sees, highlighting removed
         assert "replace this line with your code" in html
+        assert "checks passed" not in html and "✅" not in html, f"{chapter}: a green verdict under a stub"
+        assert "Answers" not in re.findall(r"<summary>(.*?)</summary>", html), f"{chapter}: answers are published"
         sol = nbt.read(ROOT / "solutions" / f"{chapter}.ipynb")
         # what the class edition itself shows (prose, stubs, demo code), as a reader sees it:
         # markdown backticks dropped and whitespace collapsed ("return `cache`" reads "return cache")

@@ -3,7 +3,7 @@
 Outside references: the definitions of T5's `random_spans_noise_mask` recomputed
 with numpy float32 (T5 rounds in float32, half to even), Hugging Face's
 T5Tokenizer for where the sentinels live, the Poisson pmf, an explicit loop for
-the prefix-LM mask.
+the prefix-LM mask, and Figure 2 of Du et al. (2022) for GLM's blank infilling.
 """
 import collections
 import doctest
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import plmkit.objectives.denoising as denoising
+import plmkit.objectives.glm as glm
 import plmkit.objectives.prefix as prefix
 import plmkit.objectives.span as span
 from plmkit.objectives import (corrupt_spans, prefix_lm_mask, random_spans_noise_mask, reassemble_spans,
@@ -236,6 +237,82 @@ def test_prefix_lm_mask_batched_and_validated():
         prefix_lm_mask(0, 0)
 
 
-@pytest.mark.parametrize("module", [span, denoising, prefix])
+@pytest.mark.parametrize("module", [span, denoising, prefix, glm])
 def test_doctests(module):
     assert doctest.testmod(module, raise_on_error=False).failed == 0
+
+
+# ---------------------------------------------------------------- GLM's autoregressive blank infilling
+
+def test_blank_infilling_reproduces_figure_2_of_the_glm_paper():
+    """Du et al. 2022, Figure 2: x1..x6, spans [x3] and [x5 x6], Part B writes [x5 x6] first.
+    The paper's positions count from 1: Position 1 = 1 2 3 4 5 5 5 5 3 3, Position 2 = 0 0 0 0 0 1 2 3 1 2."""
+    M, S, E = 101, 102, 103
+    x = torch.tensor([1, 2, 3, 4, 5, 6])
+    ids, labels, pos, mask = glm.blank_infilling(x, [(4, 6), (2, 3)], mask_id=M, start_id=S, end_id=E)
+    assert ids.tolist() == [1, 2, M, 4, M, S, 5, 6, S, 3]
+    assert (pos[0] + 1).tolist() == [1, 2, 3, 4, 5, 5, 5, 5, 3, 3]
+    assert pos[1].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 1, 2]
+    assert labels.tolist() == [-100] * 5 + [5, 6, E, 3, E]
+    # Figure 2(d): Part A reads Part A only; Part B reads Part A and itself causally
+    A = 5
+    for q in range(10):
+        for k in range(10):
+            assert bool(mask[q, k]) == (k < A or (q >= A and k <= q)), (q, k)
+
+
+def test_blank_infilling_parts_and_inverse():
+    """Random texts and spans: Part A plus the spans give the text back; every Part B token's position 1
+    points at its span's [MASK]; a correct label is the next token of the span."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        T = int(torch.randint(2, 30, (1,), generator=g))
+        cuts = sorted(set(torch.randint(0, T + 1, (6,), generator=g).tolist()))
+        spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
+        order = torch.randperm(len(spans), generator=g).tolist()
+        spans = [spans[i] for i in order]
+        x = torch.randint(10, 90, (T,), generator=g)
+        ids, labels, pos, mask = glm.blank_infilling(x, spans, mask_id=1, start_id=2, end_id=3)
+        A = T - sum(b - a for a, b in spans) + len(spans)
+        assert ids.shape == labels.shape == (A + sum(b - a + 1 for a, b in spans),)
+        assert torch.equal(mask, glm.glm_attention_mask(A, ids.numel() - A))
+        assert (labels[:A] == -100).all() and pos[1, :A].eq(0).all() and torch.equal(pos[0, :A], torch.arange(A))
+        # rebuild the text: replace each [MASK] by its span
+        by_mask = {}
+        j = A
+        for a, b in spans:
+            n = b - a
+            assert ids[j] == 2 and pos[1, j:j + n + 1].tolist() == list(range(1, n + 2))
+            assert labels[j:j + n + 1].tolist() == x[a:b].tolist() + [3]
+            assert ids[pos[0, j]] == 1
+            by_mask[int(pos[0, j])] = ids[j + 1:j + n + 1].tolist()
+            j += n + 1
+        rebuilt = []
+        for i, t in enumerate(ids[:A].tolist()):
+            rebuilt += by_mask[i] if i in by_mask else [t]
+        assert rebuilt == x.tolist()
+
+
+def test_glm_mask_limits_are_bert_and_prefix_lm():
+    """No spans: the mask is BERT's (all True). One span at the end: GLM is a prefix LM over [A | B]."""
+    x = torch.arange(10, 18)
+    _, _, _, mask = glm.blank_infilling(x, [], 1, 2, 3)
+    assert mask.all()
+    ids, _, _, mask = glm.blank_infilling(x, [(5, 8)], 1, 2, 3)
+    assert ids.numel() == 10 and torch.equal(mask, glm.glm_attention_mask(6, 4))
+    # a prefix LM's prefix queries also read only the prefix: the very same pattern, prefix = Part A
+    for A in range(0, 8):
+        for B in range(0, 5):
+            if A + B:
+                assert torch.equal(glm.glm_attention_mask(A, B), prefix_lm_mask(A, A + B))
+
+
+def test_blank_infilling_validates_input():
+    x = torch.arange(5)
+    for bad in ([(3, 2)], [(0, 6)], [(0, 3), (2, 4)], [(1,)], "01"):
+        with pytest.raises(ValueError, match="span"):
+            glm.blank_infilling(x, bad, 1, 2, 3)
+    with pytest.raises(ValueError, match="tokens"):
+        glm.blank_infilling(x.float(), [], 1, 2, 3)
+    with pytest.raises(ValueError, match="len_a"):
+        glm.glm_attention_mask(-1, 2)

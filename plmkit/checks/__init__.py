@@ -3,7 +3,9 @@
 Each exercise's checker is split into ``cases`` (plain inputs from a seed),
 ``probe`` (runs the learner's code in the kernel, records plain outputs) and
 ``judge`` (computes the references and scores the outputs, in a process that
-never runs learner code); see `_core` and `_guard`.
+never runs learner code); see `_core` and `_guard`. For a *spec* the chapter
+module holds the cases (and any probe) and ``_judges/<chapter>.py`` the
+reference, the likely bugs and any judge; `_rules` holds shared forbid rules.
 
 The trusted grader uses three names from here:
 

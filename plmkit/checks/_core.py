@@ -31,24 +31,28 @@ Two modes, chosen by the environment of the kernel:
   `judge_recorded`, which regenerates the cases from the seed, reads the
   files (never pickle: loading a pickle runs code) and judges.
 
-Writing a checker (see ``book/authoring.md``)::
+Writing a checker (see ``book/authoring.md``): a *spec*, in two halves. The kernel half
+(``plmkit/checks/warmup.py``) declares the exercise, its forbidden calls and its cases::
 
     check_softmax = Exercise("0.1", "softmax", goal="computes softmax itself from exp, max and sum",
                              forbid=[Rule("`torch.softmax`", [torch.softmax, aten._softmax])])
 
     @check_softmax.cases
     def _(g):
-        return [call(g.randn(3, 7), dim=-1), call(g.randn(5), dim=0)]
+        return [call(g.randn(3, 7), dim=-1, what="softmax(x, dim=-1) for x of shape (3, 7)"),
+                call(g.randn(5, dtype=torch.float64), dim=0, grad=(0,), atol=1e-10)]
 
     # no probe: the default one calls the learner's function on each call(...) case
 
-    @check_softmax.judge
-    def _(r, cases, results):
-        for case, rec in zip(cases, results):
-            want = F.softmax(*case["args"], **case["kwargs"])      # the reference first
-            got = r.value(rec, "softmax(x)")                        # None (and a failed check) if it raised
-            if got is not None:
-                r.close(got, want, "softmax(x)")
+The trusted half (``plmkit/checks/_judges/warmup.py``, imported only to judge) holds the
+reference and the likely bugs, whose keys are the hints::
+
+    TRUSTED = {"softmax": Trusted(F.softmax, {"exp overflowed: subtract the max first": sm_no_shift})}
+
+The default judge runs the reference through the same probe and compares record by record
+(`Report.compare`), checks that no input changed in place, and names the first likely bug
+whose record agrees with a wrong one. Exercises with an ``@ex.judge`` of their own (the
+older form, chapters 3 to 10) are judged by it instead.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ import hashlib
 import json
 import math
 import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -67,8 +73,8 @@ PASS, FAIL, RECORDED = "✅", "❌", "📝"
 MAX_REASONS = 4
 GRADE_DIR, GRADE_SEED = "PLMKIT_GRADE_DIR", "PLMKIT_GRADE_SEED"
 
-__all__ = ["Exercise", "Gen", "Probe", "Report", "Verdict", "Rule", "call", "reference_grads", "registry", "load_all",
-           "judge_recorded", "NotPlain", "to_plain"]
+__all__ = ["Exercise", "Gen", "Probe", "Report", "Trusted", "Verdict", "Rule", "call", "reference_grads", "registry",
+           "load_all", "judge_recorded", "NotPlain", "to_plain"]
 
 
 # ============================================================================ plain data
@@ -266,14 +272,19 @@ class Gen:
         return self.int(0, 2**31 - 1)
 
 
-def call(*args, grad: Iterable[int] = (), cotangent: torch.Tensor | None = None, **kwargs) -> dict:
-    """One call of the learner's function, as case data: ``call(x, dim=-1)``.
+def call(*args, what: str | None = None, grad: Iterable[int] = (), cotangent: torch.Tensor | None = None,
+         atol: float = 1e-5, rtol: float = 1e-4, **kwargs) -> dict:
+    """One call of the learner's function, as case data: ``call(x, dim=-1, what="softmax of a row")``.
 
+    `what`: how the verdict names this call (default: the function and the argument shapes).
     `grad`: positions of float tensor arguments that must receive a gradient; the
     default probe back-propagates `cotangent` (a random tensor of the output's
     shape; ones if None) and records the gradients (see `reference_grads`).
+    `atol`, `rtol`: the tolerance the default judge compares values and gradients with.
+    Every other keyword is passed to the learner's function.
     """
-    return {"args": list(args), "kwargs": dict(kwargs), "grad": list(grad), "cotangent": cotangent}
+    return {"args": list(args), "kwargs": dict(kwargs), "grad": list(grad), "cotangent": cotangent,
+            "what": what, "atol": atol, "rtol": rtol}
 
 
 def reference_grads(fn: Callable, case: dict) -> list[torch.Tensor]:
@@ -386,6 +397,8 @@ class Report:
         self.exercise, self.name = exercise, name
         self.total = 0
         self.failures: list[str] = []
+        self.hints: "_Hints | None" = None          # set for a spec: names the likely bug
+        self.canon: Callable | None = None
 
     def check(self, ok: bool, reason: str) -> bool:
         """Count one check; `reason` says what is wrong when `ok` is false."""
@@ -480,6 +493,83 @@ class Report:
         idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0]) if err.ndim else ()
         return self.fail(f"{what}: values differ, largest gap at index {idx}: "
                          f"expected {exp_f[idx].item():.6g}, got {got_f[idx].item():.6g}" + _call_hint(hint, got))
+
+    def compare(self, got: Any, want: Any, what: str, atol: float = 1e-5, rtol: float = 1e-4,
+                path: tuple = ()) -> None:
+        """The default comparison of a spec: the learner's results `got` against the reference's `want`,
+        the same structure of probe records. Each record is one check (its value: type, shape, dtype,
+        device, values to tolerance), plus one for its gradients; a record that says what it is
+        (``"what"``, set by a probe) is named so; a wrong record gets the likely bug's hint."""
+        if _is_record(want):
+            what, atol = want.get("what") or what, want.get("atol", atol)     # a probe may state them
+            n0 = len(self.failures)
+            self._compare_record(got, want, what, atol, rtol)
+            if len(self.failures) > n0 and self.hints is not None:
+                self.hints.name(self, n0, lambda bug: agree(got, _at(bug, path)))
+        elif isinstance(want, dict):
+            for k, w in want.items():
+                self.compare(got[k], w, what, atol, rtol, path + (k,))
+        elif isinstance(want, (list, tuple)):
+            if len(got) != len(want):
+                raise ValueError(f"{len(got)} results for {len(want)} calls")
+            for i, w in enumerate(want):
+                self.compare(got[i], w, what, atol, rtol, path + (i,))
+        else:
+            raise TypeError(f"not a probe record: {_short(want, 60)}")
+
+    def _compare_record(self, got: dict, want: dict, what: str, atol: float, rtol: float) -> None:
+        if want.get("raised"):                         # the reference raises: so must the learner
+            exc, raised = _exception(want["raised"]), got.get("raised") or ""
+            self.check(_exception(raised) == exc, f"{what}: must raise {exc}; it " +
+                       (f"raised {raised}" if raised else f"returned {_short(got.get('value'), 60)}"))
+            return
+        value = self.value(got, what)
+        if value is None:
+            return
+        if self.canon is not None:
+            try:
+                value = self.canon(value)
+            except Exception:  # noqa: BLE001 - a value the canon cannot read is compared as it is
+                pass
+        self.same_value(value, want["value"], what, atol, rtol, parts=want.get("parts"))
+        if isinstance(want.get("grads"), list):
+            self.grads_close(got, want["grads"], what, atol, rtol)
+
+    def same_value(self, got: Any, want: Any, what: str, atol: float = 1e-5, rtol: float = 1e-4,
+                   parts: list | None = None) -> bool:
+        """One check: `got` is `want` (tensors by `close`, floats to tolerance, the rest strictly)."""
+        if isinstance(want, torch.Tensor):
+            return self.close(got, want, what, atol, rtol)
+        if parts:                                      # a tuple of named tensors: one check each
+            if type(got) is not type(want) or len(got) != len(want):
+                return self.fail(f"{what}: expected {_article(type(want).__name__)} ({', '.join(parts)}), "
+                                 f"got {_type_name(got)} {_short(got, 60)}")
+            return all([self.same_value(g, w, f"{what}, {p}", atol, rtol) for g, w, p in zip(got, want, parts)])
+        if agree(got, want, atol, rtol):
+            return self.check(True, "")
+        if type(got) is type(want) and type(want) is float:
+            return self.fail(f"{what}: expected {want:.6g}, got {got:.6g}")
+        if type(want) is dict and type(got) is dict and got.keys() == want.keys():
+            key = next(k for k in want if not agree(got[k], want[k], atol, rtol))
+            if isinstance(want[key], torch.Tensor) and isinstance(got[key], torch.Tensor) \
+                    and got[key].shape == want[key].shape:
+                gap = (got[key].double() - want[key].double()).abs().max().item()
+                return self.fail(f"{what}: {key!r} differs from a correct answer's (largest gap {gap:.3g})")
+            return self.fail(f"{what}: {key!r} differs from a correct answer's "
+                             f"(expected {_short(want[key], 60)}, got {_short(got[key], 60)})")
+        if type(want) in (list, tuple) and type(got) is type(want) and len(got) == len(want):
+            i = next(i for i, (a, b) in enumerate(zip(got, want)) if not agree(a, b, atol, rtol))
+            return self.fail(f"{what}: first difference at position {i}: expected {_short(want[i])}, "
+                             f"got {_short(got[i])} (expected {_short(want, 60)}, got {_short(got, 60)})")
+        return self.equal(got, want, what)
+
+    def unchanged_all(self, results: Any, name: str) -> bool:
+        """One check over every record: no call changed its inputs in place (names the likely bug)."""
+        changed = _mutated(results)
+        ok = self.unchanged({"mutated": changed}, name)
+        if not ok and self.hints is not None:
+            self.hints.name(self, len(self.failures) - 1, lambda bug: _mutated(bug) == changed)
+        return ok
 
     def unchanged(self, rec: dict, what: str) -> bool:
         """The call must not have modified its inputs in place."""
@@ -585,14 +675,21 @@ class Exercise:
     exercise  "0.1"; name: "softmax" (the verdict line's words)
     goal      what the exercise asks, as "computes softmax itself from exp, max and sum":
               the reason given when a forbidden call is seen
-    forbid    `Rule`s: the reference and its library twins
+    forbid    `Rule`s: the reference and its library twins (also the task text's "Not allowed here" line)
     allow     functions whose insides may use forbidden things (plmkit modules a capstone uses)
+    trusted   the module holding the trusted half (`Trusted`: reference, likely bugs, judge), imported
+              only when judging; by default ``plmkit.checks._judges.<this module>``. An exercise
+              without an ``@judge`` of its own is a *spec*: the trusted half judges it.
     """
 
     def __init__(self, exercise: str, name: str, *, goal: str = "", forbid: Iterable[Rule] = (),
-                 allow: Iterable[Any] = ()):
+                 allow: Iterable[Any] = (), trusted: str | None = None):
         self.exercise, self.name, self.goal = exercise, name, goal
         self.forbid, self.allow = list(forbid), list(allow)
+        if trusted is None:
+            package, _, leaf = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")
+            trusted = f"{package}._judges.{leaf}"
+        self.trusted = trusted
         self._cases: Callable | None = None
         self._probe: Callable | None = None
         self._judge: Callable | None = None
@@ -618,13 +715,37 @@ class Exercise:
     def head(self) -> str:
         return f"Exercise {self.exercise} {self.name}"
 
+    @property
+    def is_spec(self) -> bool:
+        """True when the trusted half (`Trusted`, in `self.trusted`) judges this exercise."""
+        return self._judge is None
+
+    def trusted_part(self) -> "Trusted":
+        """The reference, likely bugs and judge of this exercise (imports the trusted half)."""
+        import importlib
+        table = getattr(importlib.import_module(self.trusted), "TRUSTED", {})
+        if self.name not in table:
+            raise LookupError(f"{self.trusted}.TRUSTED has no entry {self.name!r} (exercise {self.exercise})")
+        return table[self.name]
+
+    def forbid_line(self) -> str:
+        """The task text's line, made from `forbid`: ``Not allowed here: torch's softmax (...); ...``."""
+        return "Not allowed here: " + "; ".join(rule.what for rule in self.forbid) + "."
+
+    def results_of(self, learner: Any, cases: Any) -> Any:
+        """Trusted side: run `learner` (the reference or a likely bug) through this exercise's probe, unwatched."""
+        record = self.run_probe(learner if isinstance(learner, tuple) else (learner,), cases, _Unwatched)
+        if record["not_implemented"] or record["probe_error"]:
+            raise RuntimeError(f"{self.head}: the probe failed on trusted code: {record['probe_error']}")
+        return record["results"]
+
     def make_cases(self, seed: int) -> Any:
         return self._cases(Gen(seed, self.exercise))
 
     # -- kernel side -----------------------------------------------------------
-    def run_probe(self, learner: tuple, cases: Any) -> dict:
+    def run_probe(self, learner: tuple, cases: Any, probe: type = None) -> dict:
         """cases + learner objects -> the record (plain data) the judge scores."""
-        p = Probe(self)
+        p = (probe or Probe)(self)
         record: dict[str, Any] = {"exercise": self.exercise, "name": self.name, "not_implemented": False,
                                   "probe_error": None, "results": None}
         try:
@@ -666,7 +787,10 @@ class Exercise:
             try:
                 with default_dtype(dtype):
                     cases = self.make_cases(seed)
-                    self._judge(r, cases, record["results"])
+                    if self._judge is not None:
+                        self._judge(r, cases, record["results"])
+                    else:
+                        _judge_spec(self, r, cases, record["results"])
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")
@@ -715,6 +839,175 @@ class Exercise:
         line = f"{RECORDED} {self.head}: answers recorded for grading"
         print(line)
         return Verdict(False, line, recorded=True)
+
+
+# ============================================================================ specs: the trusted half
+
+class _Unwatched(Probe):
+    """The probe's runner for trusted code (the reference, the likely bugs): no guard, same records."""
+
+    def _watch(self, fn: Callable, args, kwargs):
+        return fn(*args, **kwargs)
+
+
+@dataclass
+class Trusted:
+    """The half of a spec that only the judge sees (``plmkit/checks/_judges/<chapter>.py``).
+
+    reference    the correct implementation, with the learner's signature (a tuple for an exercise
+                 that takes several functions, a class for one that takes a class); it is run through
+                 the exercise's own probe, unwatched, and its records are what the learner's must match
+    likely_bugs  ``{hint: buggy implementation}``: when the learner's record of a call is wrong and a
+                 bug's record of the same call agrees with it, the verdict names the first such bug
+                 by its hint; `tests/test_specs.py` proves every bug fails with its own hint. A list
+                 of implementations under one hint: bugs that no output can tell apart
+    judge        optional ``judge(r, cases, results, expected)`` for what the default cannot say;
+                 it may call ``r.compare`` (the default comparison) and add checks of its own
+    canon        optional: the learner's plain value -> the form to compare (a list of lists ->
+                 a list of tuples); trusted code, on plain data only
+    """
+
+    reference: Any = None
+    likely_bugs: dict = field(default_factory=dict)
+    judge: Callable | None = None
+    canon: Callable | None = None
+
+
+def _is_record(v: Any) -> bool:
+    return type(v) is dict and "value" in v and "raised" in v and "mutated" in v
+
+
+def _exception(raised: str | None) -> str:
+    return (raised or "").split(":", 1)[0]
+
+
+def agree(a: Any, b: Any, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """Plain data `a` equals `b` up to float tolerance (same types, shapes and dtypes); records by outcome."""
+    if isinstance(b, torch.Tensor):
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if not b.is_floating_point():
+            return bool(torch.equal(a, b))
+        return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol, equal_nan=True))
+    if type(a) is not type(b):
+        return False
+    if type(b) is float:
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol) or (math.isnan(a) and math.isnan(b))
+    if type(b) in (list, tuple):
+        return len(a) == len(b) and all(agree(x, y, atol, rtol) for x, y in zip(a, b))
+    if _is_record(b):
+        if a.get("raised") or b.get("raised"):
+            return bool(a.get("raised") and b.get("raised")) and _exception(a["raised"]) == _exception(b["raised"]) \
+                and list(a.get("mutated") or []) == list(b.get("mutated") or [])
+        return (agree(a.get("value"), b.get("value"), atol, rtol) and agree(a.get("grads"), b.get("grads"), atol, rtol)
+                and list(a.get("mutated") or []) == list(b.get("mutated") or []))
+    if type(b) is dict:
+        return a.keys() == b.keys() and all(agree(a[k], b[k], atol, rtol) for k in b)
+    return a == b
+
+
+def _at(results: Any, path: tuple) -> Any:
+    for key in path:
+        results = results[key]
+    return results
+
+
+def _records(results: Any):
+    """Every probe record in a result structure, in order."""
+    if _is_record(results):
+        yield results
+    elif isinstance(results, dict):
+        for v in results.values():
+            yield from _records(v)
+    elif isinstance(results, (list, tuple)):
+        for v in results:
+            yield from _records(v)
+
+
+def _mutated(results: Any) -> list[str]:
+    out: list[str] = []
+    for rec in _records(results):
+        out += [m for m in rec.get("mutated") or [] if m not in out]
+    return out
+
+
+class _Hints:
+    """Names the likely bug: runs each of a spec's bugs through the probe (once, when needed) and finds
+    the first whose record agrees with the learner's."""
+
+    def __init__(self, ex: "Exercise", trusted: Trusted, cases: Any):
+        self.ex, self.trusted, self.cases = ex, trusted, cases
+        self._results: dict[str, Any] = {}
+        self.used: set[str] = set()
+
+    def results(self, hint: str) -> list:
+        """The results of the bug(s) behind `hint` (a list stands for bugs no output can tell apart)."""
+        if hint not in self._results:
+            bugs = self.trusted.likely_bugs[hint]
+            self._results[hint] = []
+            for bug in (bugs if isinstance(bugs, list) else [bugs]):
+                try:
+                    self._results[hint].append(self.ex.results_of(bug, self.cases))
+                except Exception:  # noqa: BLE001 - a bug that cannot run names nothing
+                    pass
+        return self._results[hint]
+
+    def first(self, matches: Callable[[Any], bool]) -> str | None:
+        for hint in self.trusted.likely_bugs:
+            for res in self.results(hint):
+                try:
+                    if matches(res):
+                        return hint
+                except (KeyError, IndexError, TypeError):
+                    continue
+        return None
+
+    def name(self, r: "Report", index: int, matches: Callable[[Any], bool]) -> None:
+        """Append the first agreeing bug's hint to failure `index` (each hint once per verdict)."""
+        hint = self.first(matches)
+        if hint is not None and hint not in self.used and index < len(r.failures):
+            self.used.add(hint)
+            r.failures[index] += f" (likely bug: {hint})"
+
+
+def _arg_text(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        dt = "" if v.dtype in (torch.float32, torch.int64, torch.bool) else f" {v.dtype}"
+        return f"a tensor {tuple(v.shape)}{dt}" if v.ndim else f"{v.item()!r}"
+    if isinstance(v, (dict, set, frozenset)) and len(v) > 4:
+        return f"a {type(v).__name__} of {len(v)} items"
+    return _short(v, 48)
+
+
+def describe(name: str, case: dict) -> str:
+    """How the verdict names a `call` case without `what`: ``softmax(a tensor (3, 7), dim=-1)``."""
+    args = [_arg_text(a) for a in case["args"]] + [f"{k}={_arg_text(v)}" for k, v in case["kwargs"].items()]
+    return f"{name}({', '.join(args)})"
+
+
+def _judge_spec(ex: "Exercise", r: "Report", cases: Any, results: Any) -> None:
+    """The default judge of a spec: the learner's records against the reference's, through the same probe."""
+    trusted = ex.trusted_part()
+    expected = ex.results_of(trusted.reference, cases) if trusted.reference is not None else None
+    r.hints, r.canon = _Hints(ex, trusted, cases), trusted.canon
+    if trusted.judge is not None:
+        trusted.judge(r, cases, results, expected)
+        if r.failures and not r.hints.used:                      # a custom judge: match the whole results
+            r.hints.name(r, 0, lambda bug: agree(results, bug))
+        return
+    if ex._probe is None:                                          # one record per call(...) case
+        for i, (case, rec, want) in enumerate(zip(cases, results, expected, strict=True)):
+            r.compare(rec, want, case.get("what") or describe(ex.name, case), case.get("atol", 1e-5),
+                      case.get("rtol", 1e-4), (i,))
+        if not any(_mutable(a) for c in cases for a in [*c["args"], *c["kwargs"].values()]):
+            return                                                 # ints and strings cannot change in place
+    else:
+        r.compare(results, expected, ex.name)
+    r.unchanged_all(results, ex.name)
+
+
+def _mutable(v: Any) -> bool:
+    return isinstance(v, (torch.Tensor, list, dict, set)) or (type(v) is tuple and any(map(_mutable, v)))
 
 
 # ============================================================================ grader API

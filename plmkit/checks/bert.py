@@ -485,7 +485,7 @@ def _pool_judge(r, cases, results):
 
 # ----------------------------------------------------------------------------- 3.8
 
-from .transformer import SDPA, TORCH_MHA  # noqa: E402 - the chapter-2 rules, reused
+from ._rules import SDPA, TORCH_MHA  # noqa: E402 - the chapter-2 rules, reused
 
 check_bert_encoder = Exercise(
     "3.8", "bert_encoder", goal="runs BERT's encoder forward itself from the Hugging Face weights",

@@ -28,7 +28,7 @@ from ..nn import norms as _norms
 from ..nn import rotary as _rotary
 from ._core import Exercise, reference_grads
 from ._guard import Rule, aten_ops
-from .transformer import SDPA, TORCH_MHA
+from ._rules import SDPA, TORCH_MHA
 
 TORCH_RMS = Rule("`F.rms_norm` / `nn.RMSNorm`",
                  [F.rms_norm, torch.nn.RMSNorm, *aten_ops("rms_norm", "_fused_rms_norm")])

@@ -9,15 +9,25 @@
     5.6 t5_feed_forward           v1.0 wo(relu(wi x)); v1.1 wo(gelu_tanh(wi_0 x) * wi_1 x)
     5.7 corrupt_spans             one sentinel per noise span, counted down from the vocabulary's end,
                                   EOS on both sides, no sentinel after the last span
-    5.8 greedy_decode             an encoder-decoder greedy loop that runs the encoder once and
+    5.8 random_spans_noise_mask   T5's noise mask: exact counts and alternation (kept first, noise last),
+                                  span and gap lengths uniform over compositions (chi-square over draws)
+    5.9 blank_infilling           GLM's Part A / Part B input, labels, 2-D positions and attention mask
+    5.10 greedy_decode            an encoder-decoder greedy loop that runs the encoder once and
                                   stops each row at EOS
+    5.11 t5_logits                the capstone: the learner's T5 (their own 5.2, 5.4, 5.5, 5.6) from a
+                                  saved Hugging Face folder, equal to `T5ForConditionalGeneration`
+                                  (v1.0 and v1.1, padding, unequal depths); encoder and decoder alone too
+
+(5.10 was 5.8 in the first edition; 5.8, 5.9 and 5.11 are new.)
 
 Each judge names the classic bug when it recognises one: a transposed prefix
 mask, self-attention where cross-attention was asked, scores divided by
 sqrt(D) (T5 does not), -100 left in the decoder input, the sign of the
 relative position flipped, the mean subtracted (LayerNorm, not RMS norm),
 exact GELU where T5 v1.1 uses the tanh approximation, sentinels counted up,
-the encoder run at every decoding step.
+the encoder run at every decoding step, spans that do not end in noise, fixed span
+lengths, Part B positions counted like GPT's, and in the capstone each way a T5 forward
+goes subtly wrong (see `_T5_SLIPS`).
 """
 from __future__ import annotations
 
@@ -33,11 +43,12 @@ from ..nn import attention as _attn
 from ..nn import ffn as _ffn
 from ..nn import norms as _norms
 from ..nn import relative as _relative
+from ..objectives import glm as _glm
 from ..objectives import prefix as _prefix
 from ..objectives import span as _span
 from ._core import Exercise, reference_grads
-from ._guard import Rule, aten_ops
-from .transformer import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
+from ._guard import Module, Rule, aten_ops
+from ._rules import PLMKIT_ATTENTION, SDPA, TORCH_MHA          # the same rules as chapter 2's attention
 
 
 def _rule(what: str, *targets) -> Rule:
@@ -532,8 +543,277 @@ def _spans_judge(r, cases, results):
 
 # ----------------------------------------------------------------------------- 5.8
 
+check_random_spans_noise_mask = Exercise(
+    "5.8", "random_spans_noise_mask", goal="draws T5's noise spans itself",
+    forbid=[Rule("plmkit's `random_spans_noise_mask` / `span_corruption`",
+                 [_span.random_spans_noise_mask, _span._random_segmentation, _span.span_corruption])])
+
+# (length, noise_density, mean_noise_span_length, draws): the statistical cases. 6 noise tokens in 2 spans
+# and 34 kept ones in 2 runs; 19 noise tokens in 6 spans and 45 kept in 6 runs.
+_NOISE_STATS = [(40, 0.15, 3.0, 600), (64, 0.3, 3.0, 400)]
+# exact cases: short texts (T5 treats a 1-token text as 2 long), one span, every other token, long spans
+_NOISE_EXACT = [(1, 0.15, 3.0), (2, 0.15, 3.0), (5, 0.15, 3.0), (10, 0.5, 1.0), (23, 0.15, 3.0), (100, 0.15, 3.0),
+                (30, 0.2, 10.0)]
+_P_MIN = 1e-6               # a correct function fails one chi-square test with this probability
+
+
+def _noise_counts(length: int, density: float, mean: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a length-`length` text: read off a draw of plmkit's reference (the counts
+    do not depend on the draw; for length 1, T5's 2-token mask before it is cut back)."""
+    ref = _span.random_spans_noise_mask(max(length, 2), density, mean, torch.Generator().manual_seed(0))
+    noise_runs, _, _ = _runs(ref)
+    return int(ref.sum()), len(noise_runs)
+
+
+def _runs(mask: torch.Tensor) -> tuple[list[int], list[int], bool]:
+    """Lengths of the noise runs and of the kept runs, in order, and whether the mask starts with noise."""
+    noise, kept, values = [], [], mask.tolist()
+    i = 0
+    while i < len(values):
+        j = i
+        while j < len(values) and values[j] == values[i]:
+            j += 1
+        (noise if values[i] else kept).append(j - i)
+        i = j
+    return noise, kept, bool(values and values[0])
+
+
+def _composition_pmf(n: int, k: int) -> list[float]:
+    """P(first part = j), j = 1 .. n-k+1, when n items are split into k non-empty runs, every split alike."""
+    if k == 1:
+        return [0.0] * (n - 1) + [1.0]
+    total = math.comb(n - 1, k - 1)
+    return [math.comb(n - j - 1, k - 2) / total for j in range(1, n - k + 2)]
+
+
+def _chi_square_p(observed: list[int], pmf: list[float]) -> float:
+    """p-value of a chi-square goodness-of-fit test, the tail bins merged until each expects >= 5."""
+    N = sum(observed)
+    obs, exp = [], []
+    o_acc = e_acc = 0.0
+    for o, p in zip(observed, pmf):
+        o_acc, e_acc = o_acc + o, e_acc + N * p
+        if e_acc >= 5:
+            obs.append(o_acc)
+            exp.append(e_acc)
+            o_acc = e_acc = 0.0
+    if e_acc > 0 or o_acc > 0:
+        if exp:
+            obs[-1] += o_acc
+            exp[-1] += e_acc
+        else:
+            obs, exp = [o_acc], [e_acc]
+    if len(exp) < 2:
+        return 1.0 if all(o == e for o, e in zip(obs, exp)) else 0.0
+    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0) + sum(1e9 for o, e in zip(obs, exp) if e == 0 and o)
+    df = len(exp) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+@check_random_spans_noise_mask.cases
+def _noise_cases(g):
+    stats = [{"length": L, "density": d, "mean": m, "seeds": g.ints(n, 0, 2**31 - 1)} for L, d, m, n in _NOISE_STATS]
+    exact = [{"length": L, "density": d, "mean": m, "seed": g.seed_int()} for L, d, m in _NOISE_EXACT]
+    return {"stats": stats, "exact": exact, "repeat_seed": g.seed_int()}
+
+
+def _draw_many(fn, length, density, mean, seeds):
+    """Many draws, one fresh generator each, stacked: (draws, length)."""
+    return torch.stack([torch.as_tensor(fn(length, density, mean, torch.Generator().manual_seed(s))) for s in seeds])
+
+
+@check_random_spans_noise_mask.probe
+def _noise_probe(p, random_spans_noise_mask, cases):
+    fn = random_spans_noise_mask
+    exact = [p.call(fn, c["length"], c["density"], c["mean"], torch.Generator().manual_seed(c["seed"]))
+             for c in cases["exact"]]
+    stats = [p.call(_draw_many, fn, c["length"], c["density"], c["mean"], c["seeds"]) for c in cases["stats"]]
+    s = cases["repeat_seed"]
+    repeat = [p.call(fn, 40, 0.15, 3.0, torch.Generator().manual_seed(s)) for _ in range(2)]
+    return {"exact": exact, "stats": stats, "repeat": repeat}
+
+
+def _noise_what(length, density, mean) -> str:
+    return f"random_spans_noise_mask({length}, noise_density={density}, mean_noise_span_length={mean})"
+
+
+def _structure_problem(mask: torch.Tensor, length: int, density: float, mean: float) -> str:
+    """'' if one mask has T5's structure, else what is wrong, in words."""
+    noise, spans = _noise_counts(length, density, mean)
+    if length == 1:                                      # T5: built 2 long ([kept, noise]) and cut back to 1
+        return "" if mask.tolist() == [False] else (
+            "a 1-token text: T5 builds the mask for length 2 ([kept, noise]) and cuts it back to [False]")
+    n_runs, k_runs, starts_noise = _runs(mask)
+    got_noise = sum(n_runs)
+    if got_noise != noise:
+        extra = (" (noise is drawn token by token: the count must be exact, round(length * noise_density))"
+                 if got_noise else "")
+        return f"{got_noise} noise tokens, expected round({length} * {density}) = {noise}{extra}"
+    if len(n_runs) != spans:
+        return (f"{len(n_runs)} noise spans, expected round({noise} / {mean}) = {spans} (cut the {noise} noise "
+                f"tokens at {spans - 1} distinct places chosen at random, never an empty span)")
+    if starts_noise:
+        return "the mask starts with noise: T5 alternates kept, noise, kept, noise, ... starting with kept tokens"
+    if not mask[-1]:
+        return "the mask ends with kept tokens: T5's last span is a noise span (split the kept tokens into as " \
+               "many runs as there are noise spans, not one more)"
+    return ""
+
+
+@check_random_spans_noise_mask.judge
+def _noise_judge(r, cases, results):
+    for c, rec in zip(cases["exact"], results["exact"]):
+        L, d, m = c["length"], c["density"], c["mean"]
+        what = _noise_what(L, d, m)
+        got = r.value(rec, what)
+        if got is None:
+            continue
+        if not r.check(isinstance(got, torch.Tensor) and got.dtype == torch.bool and tuple(got.shape) == (L,),
+                       f"{what}: expected a bool tensor of shape ({L},), got "
+                       f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"):
+            continue
+        problem = _structure_problem(got, L, d, m)
+        r.check(not problem, f"{what}: {problem}; got {got.int().tolist()}")
+    for c, rec in zip(cases["stats"], results["stats"]):
+        L, d, m, N = c["length"], c["density"], c["mean"], len(c["seeds"])
+        what = f"{_noise_what(L, d, m)} over {N} seeds"
+        got = r.value(rec, what)
+        if got is None or not r.check(isinstance(got, torch.Tensor) and got.dtype == torch.bool
+                                      and tuple(got.shape) == (N, L),
+                                      f"{what}: each draw must be a bool tensor of shape ({L},)"):
+            for _ in range(3):
+                r.fail(f"{what}: the span statistics could not be computed")
+            continue
+        problems = [(i, _structure_problem(got[i], L, d, m)) for i in range(N)]
+        bad = [(i, pr) for i, pr in problems if pr]
+        r.check(not bad, f"{what}: {len(bad)} of {N} draws are wrong, e.g. {bad[0][1]}" if bad else "")
+        noise, spans = _noise_counts(L, d, m)
+        firsts = [_runs(got[i]) for i in range(N)]
+        first_noise = [fn[0] if fn else 0 for fn, _, _ in firsts]
+        first_kept = [fk[0] if fk else 0 for _, fk, _ in firsts]
+        for name, values, n, pmf in (("first noise span", first_noise, noise, _composition_pmf(noise, spans)),
+                                     ("first kept run (where the first span starts)", first_kept, L - noise,
+                                      _composition_pmf(L - noise, spans))):
+            counts = [sum(v == j for v in values) for j in range(1, len(pmf) + 1)]
+            p_value = _chi_square_p(counts, pmf) if sum(counts) == N else 0.0
+            seen = sorted(set(values))
+            hint = ""
+            if len(seen) == 1 and len(pmf) > 1:
+                hint = (f": it is {seen[0]} in every draw; split the {n} tokens into {spans} runs at random, "
+                        f"every split equally likely (choose {spans - 1} of the {n - 1} places between "
+                        f"neighbours as cuts)")
+            r.check(p_value >= _P_MIN,
+                    f"{what}: the length of the {name} is not distributed as in T5 (chi-square p = {p_value:.1e} "
+                    f"< {_P_MIN:g}; expected every split of the {n} tokens into {spans} runs equally likely){hint}")
+    a, b = (r.value(rec, "two draws with generators of the same seed") for rec in results["repeat"])
+    if a is not None and b is not None:
+        r.check(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and torch.equal(a, b),
+                "two calls with generators of the same seed gave different masks: draw every random number "
+                "from `generator` (torch.randperm(n, generator=generator))")
+    r.check(not any(rec["mutated"] for rec in results["exact"]), "random_spans_noise_mask changed an input in place")
+
+
+# ----------------------------------------------------------------------------- 5.9
+
+check_blank_infilling = Exercise(
+    "5.9", "blank_infilling", goal="builds GLM's blank-infilling input itself",
+    forbid=[Rule("plmkit's `blank_infilling` / `glm_attention_mask`", [_glm.blank_infilling, _glm.glm_attention_mask]),
+            _rule("plmkit's `prefix_lm_mask`", _prefix.prefix_lm_mask, getattr(_attn, "prefix_lm_mask", None))])
+
+_M, _S, _E = 101, 102, 103          # [MASK], [S] (start of a span in Part B), [E] (its end)
+
+
+def _random_spans(g, T: int, n: int) -> list[tuple[int, int]]:
+    """Up to n non-overlapping (start, end) spans of a T-token text, in a random order (GLM shuffles them)."""
+    cuts = sorted(set(g.ints(2 * n, 0, T + 1)))
+    spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
+    order = g.randperm(len(spans)).tolist()
+    return [spans[i] for i in order]
+
+
+@check_blank_infilling.cases
+def _glm_cases(g):
+    figure = {"tokens": torch.tensor([11, 12, 13, 14, 15, 16]), "spans": [(4, 6), (2, 3)],
+              "what": "the paper's Figure 2: x1..x6, spans [x3] and [x5 x6], Part B writes [x5 x6] first"}
+    cases = [figure]
+    for T, n in ((12, 3), (20, 4), (9, 2)):
+        spans = _random_spans(g, T, n)
+        while not spans:
+            spans = _random_spans(g, T, n)
+        cases.append({"tokens": g.randint(10, 90, (T,)), "spans": spans,
+                      "what": f"{T} tokens, spans {spans} (in Part B's order)"})
+    cases.append({"tokens": g.randint(10, 90, (7,)), "spans": [(0, 2), (5, 7)],
+                  "what": "7 tokens, spans at both ends [(0, 2), (5, 7)]"})
+    cases.append({"tokens": g.randint(10, 90, (5,)), "spans": [], "what": "5 tokens, no span"})
+    return cases
+
+
+@check_blank_infilling.probe
+def _glm_probe(p, blank_infilling, cases):
+    return [p.call(blank_infilling, c["tokens"], c["spans"], _M, _S, _E) for c in cases]
+
+
+def _glm_hints(c, want) -> dict:
+    """What the usual slips give, part by part (trusted side)."""
+    ids, labels, pos, mask = want
+    A = int((labels == -100).sum())
+    L = ids.numel()
+    gpt_pos = pos.clone()
+    gpt_pos[0] = torch.arange(L)
+    from0 = pos.clone()
+    from0[1, A:] -= 1
+    shifted = labels.clone()
+    shifted[A:] = ids[A:]                      # the token itself, not the next one
+    return {
+        "positions": {"position 1 of a Part B token is the place of its span's [MASK] in Part A, not its own "
+                      "place in the sequence": gpt_pos,
+                      "position 2 counts from 1 at [S] (0 is Part A's)": from0},
+        "mask": {"Part B must be causal: a Part B token reads earlier Part B tokens only":
+                 (torch.arange(L)[None, :] < A) | (torch.arange(L)[:, None] >= A),
+                 "Part A must not read Part B (Part A is the bidirectional 'encoder' part)":
+                 torch.ones(L, L, dtype=torch.bool).tril() | (torch.arange(L)[None, :] < A) | (torch.arange(L)[:, None] < A),
+                 "the mask is indexed [query, key]: it is transposed": mask.T.contiguous()},
+        "labels": {"each Part B position predicts the NEXT token of its span ([S] -> first token, last token -> [E])":
+                   shifted},
+    }
+
+
+@check_blank_infilling.judge
+def _glm_judge(r, cases, results):
+    for c, rec in zip(cases, results):
+        what = f"blank_infilling for {c['what']}"
+        want = _glm.blank_infilling(c["tokens"], c["spans"], _M, _S, _E)
+        got = r.value(rec, what, tuple)
+        if got is None or not r.check(len(got) == 4 and all(isinstance(t, torch.Tensor) for t in got),
+                                      f"{what}: expected a tuple of four tensors (input_ids, labels, "
+                                      f"position_ids, attention_mask)"):
+            for _ in range(4):                      # as many checks as a complete answer gets
+                r.fail(f"{what}: nothing to compare")
+            continue
+        hints = _glm_hints(c, want)
+
+        def hint_for(part):
+            def hint(g, part=part):
+                for name, cand in hints.get(part, {}).items():
+                    if g.shape == cand.shape and torch.equal(g.to(cand.dtype), cand):
+                        return name
+                if part == "input_ids" and g.numel() > want[0].numel():
+                    return "one [MASK] per span in Part A, not one per token"
+                return ""
+            return hint
+        r.close(got[0], want[0], f"{what}, input_ids", hint=hint_for("input_ids"))
+        r.close(got[1], want[1], f"{what}, labels", hint=hint_for("labels"))
+        r.close(got[2], want[2], f"{what}, position_ids (2, L)", hint=hint_for("positions"))
+        r.close(got[3], want[3], f"{what}, attention_mask (L, L)", hint=hint_for("mask"))
+    r.check(not any(rec["mutated"] for rec in results), "blank_infilling changed tokens or spans in place")
+
+
+# ----------------------------------------------------------------------------- 5.10 (5.8 in the first edition)
+
 check_greedy_decode = Exercise(
-    "5.8", "greedy_decode", goal="writes the encoder-decoder decoding loop itself",
+    "5.10", "greedy_decode", goal="writes the encoder-decoder decoding loop itself",
     # unwrap: `generate` is decorated with torch.no_grad(), whose wrapper code every decorated function shares
     forbid=[_rule("plmkit's `generate` / `Seq2SeqState`", inspect.unwrap(_generate.generate),
                   getattr(_t5, "Seq2SeqState", None),
@@ -623,3 +903,285 @@ def _gd_judge(r, cases, results):
             r.close(got, want, what, hint=hint)
         runs = rec.get("encoder_runs")
         r.check(runs == 1, f"{what}: the encoder ran {runs} times; run it once and reuse its output at every step")
+
+
+# ----------------------------------------------------------------------------- 5.11 (the capstone)
+
+check_t5_logits = Exercise(
+    "5.11", "t5_logits", goal="runs T5's forward pass itself, from the saved weights and your own chapter-5 parts",
+    forbid=[Rule("plmkit's models and blocks (`plmkit.models`, `plmkit.nn`)", [Module("plmkit.models"),
+                                                                              Module("plmkit.nn")]),
+            Rule("Hugging Face's model classes (`transformers.models`, T5 included)", [Module("transformers.models")]),
+            SDPA, TORCH_MHA])
+
+
+def _t5_hf_names(cfg: dict) -> dict:
+    """Hugging Face T5ForConditionalGeneration's tensor names and shapes (nn.Linear layout, (out, in))."""
+    V, C, H, D, Fd = cfg["vocab_size"], cfg["d_model"], cfg["num_heads"], cfg["d_kv"], cfg["d_ff"]
+    gated = cfg["feed_forward_proj"].startswith("gated")
+    ffn = {"wi_0": (Fd, C), "wi_1": (Fd, C), "wo": (C, Fd)} if gated else {"wi": (Fd, C), "wo": (C, Fd)}
+    attn = {"q": (H * D, C), "k": (H * D, C), "v": (H * D, C), "o": (C, H * D)}
+    shapes = {"shared.weight": (V, C)}
+    for side, n_layers in (("encoder", cfg["num_layers"]), ("decoder", cfg["num_decoder_layers"])):
+        shapes[f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = \
+            (cfg["relative_attention_num_buckets"], H)
+        for i in range(n_layers):
+            p = f"{side}.block.{i}.layer."
+            shapes.update({f"{p}0.SelfAttention.{n}.weight": s for n, s in attn.items()})
+            shapes[f"{p}0.layer_norm.weight"] = (C,)
+            f = 1
+            if side == "decoder":
+                shapes.update({f"{p}1.EncDecAttention.{n}.weight": s for n, s in attn.items()})
+                shapes[f"{p}1.layer_norm.weight"] = (C,)
+                f = 2
+            shapes.update({f"{p}{f}.DenseReluDense.{n}.weight": s for n, s in ffn.items()})
+            shapes[f"{p}{f}.layer_norm.weight"] = (C,)
+        shapes[f"{side}.final_layer_norm.weight"] = (C,)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def _t5_random(g, variant: str) -> dict:
+    """A tiny random T5 of `variant` ('v1.0': ReLU, tied head; 'v1.1': gated GELU, untied, a deeper decoder)."""
+    H = g.choice([2, 4])
+    v10 = variant == "v1.0"
+    cfg = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "vocab_size": g.int(40, 64),
+           "d_model": 16, "d_kv": g.choice([4, 6]), "d_ff": 32, "num_layers": 2, "num_decoder_layers": 2 if v10 else 3,
+           "num_heads": H, "relative_attention_num_buckets": 8 if v10 else 10,
+           "relative_attention_max_distance": 16 if v10 else 12, "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6,
+           "feed_forward_proj": "relu" if v10 else "gated-gelu", "tie_word_embeddings": v10,
+           "is_encoder_decoder": True, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+    state = {}
+    for k, shape in _t5_hf_names(cfg).items():
+        if k.endswith("layer_norm.weight"):
+            state[k] = 1.0 + 0.2 * g.randn(*shape)
+        elif "relative_attention_bias" in k or k == "shared.weight":
+            state[k] = g.randn(*shape)
+        else:                                           # (out, in): activations of order 1
+            state[k] = g.randn(*shape) * shape[1] ** -0.5
+    return {"config": cfg, "state": state, "variant": variant}
+
+
+def _t5_batch(g, cfg: dict, B: int, padded: bool) -> dict:
+    """Encoder ids with right padding (row 0 full), decoder ids starting with the start token, a random memory."""
+    S, T, V = g.int(13, 20), g.int(8, 15), cfg["vocab_size"]
+    ids = g.randint(2, V, (B, S))
+    mask = torch.ones(B, S, dtype=torch.long)
+    lengths = [S] + (g.ints(B - 1, 3, S - 2) if padded else [S] * (B - 1))
+    for b, n in enumerate(lengths):
+        mask[b, n:] = 0
+        ids[b, n:] = cfg["pad_token_id"]
+    dec = g.randint(2, V, (B, T))
+    dec[:, 0] = cfg["decoder_start_token_id"]
+    return {"ids": ids, "mask": mask, "dec": dec, "memory": g.randn(B, S, cfg["d_model"]), "lengths": lengths}
+
+
+@check_t5_logits.cases
+def _cap_cases(g):
+    models = []
+    for variant, batches in (("v1.0", [(3, True)]), ("v1.1", [(3, True), (1, False)])):
+        m = _t5_random(g, variant)
+        m["runs"] = [_t5_batch(g, m["config"], B, padded) for B, padded in batches]
+        models.append(m)
+    return models
+
+
+def _write_t5_folder(model: dict, folder: str) -> None:
+    import json
+    import os
+
+    from safetensors.torch import save_file
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(model["config"], f, indent=2)
+    save_file({k: v.contiguous() for k, v in model["state"].items()}, os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+@check_t5_logits.probe
+def _cap_probe(p, t5_encode, t5_decode, t5_logits, cases):
+    import os
+    import tempfile
+    out = []
+    with tempfile.TemporaryDirectory() as root:
+        for i, m in enumerate(cases):
+            folder = os.path.join(root, f"t5-{m['variant']}")
+            os.makedirs(folder)
+            _write_t5_folder(m, folder)
+            for run in m["runs"]:
+                out.append({
+                    "logits": p.call(t5_logits, folder, run["ids"], run["mask"], run["dec"]),
+                    "encode": p.call(t5_encode, m["state"], m["config"], run["ids"], run["mask"]),
+                    "decode": p.call(t5_decode, m["state"], m["config"], run["dec"], run["memory"], run["mask"])})
+    return out
+
+
+def _hf_t5(model: dict):
+    """Hugging Face's T5ForConditionalGeneration with the case's weights (trusted side)."""
+    import transformers
+    cfg = {k: v for k, v in model["config"].items() if k not in ("model_type", "architectures")}
+    with torch.random.fork_rng(devices=[]):                    # the weights are replaced: only shapes matter
+        hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**cfg)).eval()
+    missing, unexpected = hf.load_state_dict(model["state"], strict=False)
+    allowed = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+    assert not unexpected and set(missing) <= allowed, (missing, unexpected)
+    return hf
+
+
+# What the classic slips compute (plain torch, trusted side), each named by the hint a learner sees.
+_T5_SLIPS = {
+    "scaled": "the self-attention scores are divided by sqrt(d_kv): T5 does not scale them (its initialisation does)",
+    "bias once": "the relative position bias is added in the first layer only: block 0's table is computed once "
+                 "per stack and added to the scores of EVERY layer of that stack",
+    "bias shared": "the decoder uses the encoder's bias table: each stack has its own "
+                   "(decoder.block.0.layer.0.SelfAttention.relative_attention_bias)",
+    "no head scale": "the tied head (tie_word_embeddings, v1.0) multiplies the decoder output by d_model ** -0.5 "
+                     "before shared.weight",
+    "tied head": "v1.1 is not tied: its logits come from lm_head.weight, not from shared.weight",
+    "layer norm": "the mean was subtracted: T5's norm is RMS norm (your t5_rms_norm), not LayerNorm",
+    "no causal": "the decoder's self-attention is not causal: position t must not read later decoder positions",
+    "mask queries": "the padding mask is applied to the queries: it must hide padded KEYS (mask[:, None, None, :]); "
+                    "padded positions still read the real tokens",
+    "encoder causal buckets": "the encoder's buckets are bidirectional (bidirectional=True); only the decoder's "
+                              "are causal",
+    "decoder bidirectional buckets": "the decoder's buckets are causal (bidirectional=False)",
+    "flipped": "the relative position is key - query (the key's position minus the query's), not query - key",
+    "no cross mask": "cross-attention reads the encoder's padding: pass attention_mask as memory_mask",
+    "no final norm": "each stack ends with its final_layer_norm (encoder.final_layer_norm, decoder.final_layer_norm)",
+    "post-ln": "T5 is Pre-LN: x + sublayer(norm(x)), not norm(x + sublayer(x))",
+    "decoder depth": "the decoder has config['num_decoder_layers'] layers, which may differ from num_layers",
+}
+
+
+def _t5_torch(cfg: dict, w: dict, ids, mask, dec, memory=None, slip: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 in plain torch, with one slip switched on: (encoder output (B, S, C), logits (B, T, V)).
+
+    With `memory` given, the decoder reads it instead of the encoder's output."""
+    C, H, D = cfg["d_model"], cfg["num_heads"], cfg["d_kv"]
+    eps, nb, md = cfg["layer_norm_epsilon"], cfg["relative_attention_num_buckets"], cfg["relative_attention_max_distance"]
+    gated = cfg["feed_forward_proj"].startswith("gated")
+    neg = torch.finfo(w["shared.weight"].dtype).min
+
+    def norm(x, name):
+        if slip == "layer norm":
+            return F.layer_norm(x, (C,), eps=eps) * w[name]
+        return w[name] * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def ffn(x, p):
+        if gated:
+            h = F.gelu(F.linear(x, w[p + "wi_0.weight"]), approximate="tanh") * F.linear(x, w[p + "wi_1.weight"])
+        else:
+            h = torch.relu(F.linear(x, w[p + "wi.weight"]))
+        return F.linear(h, w[p + "wo.weight"])
+
+    def attend(x, kv, p, bias, scale=1.0):                          # bias: additive, (B|1, H, T, S)
+        B, T, S = x.shape[0], x.shape[1], kv.shape[1]
+        q = F.linear(x, w[p + "q.weight"]).view(B, T, H, D).transpose(1, 2)        # (B, H, T, D)
+        k = F.linear(kv, w[p + "k.weight"]).view(B, S, H, D).transpose(1, 2)       # (B, H, S, D)
+        v = F.linear(kv, w[p + "v.weight"]).view(B, S, H, D).transpose(1, 2)
+        a = ((q @ k.transpose(-2, -1)) * scale + bias).softmax(-1) @ v             # (B, H, T, D)
+        return F.linear(a.transpose(1, 2).reshape(B, T, H * D), w[p + "o.weight"])
+
+    def position_bias(side, Tq, Tk, bidirectional):
+        rel = torch.arange(Tk)[None, :] - torch.arange(Tq)[:, None]                # (Tq, Tk): key - query
+        if slip == "flipped":
+            rel = -rel
+        table = w[f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+        return table[_relative.relative_position_bucket(rel, bidirectional, nb, md)].permute(2, 0, 1)[None]
+
+    def residual(x, sub, name):
+        return norm(x + sub(x), name) if slip == "post-ln" else x + sub(norm(x, name))
+
+    def final(x, name):
+        return x if slip == "no final norm" else norm(x, name)
+
+    scale = D ** -0.5 if slip == "scaled" else 1.0
+    keys = (1.0 - mask[:, None, None, :].to(w["shared.weight"].dtype)) * neg       # (B, 1, 1, S)
+    enc_mask = (1.0 - mask[:, None, :, None].to(keys.dtype)) * neg if slip == "mask queries" else keys
+    S, T = ids.shape[1], dec.shape[1]
+    enc_bias = position_bias("encoder", S, S, slip != "encoder causal buckets")
+    x = w["shared.weight"][ids]                                                    # (B, S, C)
+    for i in range(cfg["num_layers"]):
+        p = f"encoder.block.{i}.layer."
+        b = enc_bias if (i == 0 or slip != "bias once") else 0.0
+        x = residual(x, lambda h, p=p, b=b: attend(h, h, p + "0.SelfAttention.", b + enc_mask, scale), p + "0.layer_norm.weight")
+        x = residual(x, lambda h, p=p: ffn(h, p + "1.DenseReluDense."), p + "1.layer_norm.weight")
+    enc = final(x, "encoder.final_layer_norm.weight")
+    mem = enc if memory is None else memory
+    side = "encoder" if slip == "bias shared" else "decoder"
+    dec_bias = position_bias(side, T, T, slip == "decoder bidirectional buckets")
+    causal = torch.zeros(T, T) if slip == "no causal" else torch.full((T, T), neg).triu(1)
+    cross = torch.zeros_like(keys) if slip == "no cross mask" else keys
+    y = w["shared.weight"][dec]                                                    # (B, T, C)
+    n_dec = cfg["num_layers"] if slip == "decoder depth" else cfg["num_decoder_layers"]
+    for i in range(n_dec):
+        p = f"decoder.block.{i}.layer."
+        b = dec_bias if (i == 0 or slip != "bias once") else 0.0
+        y = residual(y, lambda h, p=p, b=b: attend(h, h, p + "0.SelfAttention.", b + causal, scale), p + "0.layer_norm.weight")
+        y = residual(y, lambda h, p=p: attend(h, mem, p + "1.EncDecAttention.", cross), p + "1.layer_norm.weight")
+        y = residual(y, lambda h, p=p: ffn(h, p + "2.DenseReluDense."), p + "2.layer_norm.weight")
+    y = final(y, "decoder.final_layer_norm.weight")
+    if cfg["tie_word_embeddings"]:
+        logits = F.linear(y * (1.0 if slip == "no head scale" else C ** -0.5), w["shared.weight"])
+    else:
+        logits = F.linear(y, w["shared.weight" if slip == "tied head" else "lm_head.weight"])
+    return enc, logits
+
+
+def _t5_slips_for(model: dict) -> list[str]:
+    cfg = model["config"]
+    out = [s for s in _T5_SLIPS if s not in ("no head scale", "tied head", "decoder depth")]
+    out.append("no head scale" if cfg["tie_word_embeddings"] else "tied head")
+    if cfg["num_decoder_layers"] > cfg["num_layers"]:
+        out.append("decoder depth")
+    return out
+
+
+def _t5_hint(model: dict, run: dict, part: str):
+    """hint(got) naming the slip whose output `got` equals (computed only when a check fails)."""
+    def hint(got):
+        if part == "encode" and got.shape == run["memory"].shape and not torch.isfinite(got).all():
+            rows = (~torch.isfinite(got)).any(-1)
+            if bool((rows <= (run["mask"] == 0)).all()):
+                return _T5_SLIPS["mask queries"] + " (your padded rows are nan: every key of theirs was hidden)"
+        for slip in _t5_slips_for(model):
+            with torch.no_grad():
+                memory = run["memory"] if part == "decode" else None
+                enc, logits = _t5_torch(model["config"], model["state"], run["ids"], run["mask"], run["dec"],
+                                        memory, slip)
+            cand = enc if part == "encode" else logits
+            if got.shape == cand.shape and torch.allclose(got.double(), cand.double(), atol=1e-4, rtol=1e-4):
+                return _T5_SLIPS[slip]
+        return ""
+    return hint
+
+
+@check_t5_logits.judge
+def _cap_judge(r, cases, results):
+    k = 0
+    for m in cases:
+        hf = _hf_t5(m)
+        cfg = m["config"]
+        name = (f"a random T5 {m['variant']} ({cfg['feed_forward_proj']}, "
+                f"{'tied' if cfg['tie_word_embeddings'] else 'untied'} head, {cfg['num_layers']} + "
+                f"{cfg['num_decoder_layers']} layers, {cfg['num_heads']} heads of {cfg['d_kv']})")
+        for run in m["runs"]:
+            rec = results[k]
+            k += 1
+            ids, mask, dec, memory = run["ids"], run["mask"], run["dec"], run["memory"]
+            rows = f"input_ids {tuple(ids.shape)} with rows of {run['lengths']} real tokens, decoder_input_ids " \
+                   f"{tuple(dec.shape)}"
+            with torch.no_grad():
+                want_logits = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+                want_enc = hf.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                want_dec = hf(encoder_outputs=(memory,), attention_mask=mask, decoder_input_ids=dec).logits
+            for part, want, what in (
+                    ("logits", want_logits, f"t5_logits(folder of {name}, {rows})"),
+                    ("encode", want_enc, f"t5_encode on {name}, {rows}: the encoder output at every position, "
+                                         f"padding included"),
+                    ("decode", want_dec, f"t5_decode on {name}, {rows}, reading a random memory")):
+                got = r.value(rec[part], what)
+                if got is not None:
+                    r.close(got, want, what, atol=1e-4, rtol=1e-4, hint=_t5_hint(m, run, part))
+    r.check(not any(v["mutated"] for rec in results for v in rec.values()),
+            "t5_encode / t5_decode / t5_logits changed the weights or the inputs in place")

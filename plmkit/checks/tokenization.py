@@ -7,9 +7,10 @@
     1.5 wordpiece     greedy longest match with '##' continuations, [UNK] for the whole word
     1.6 viterbi       the unigram LM's best segmentation: max sum of log-probs; ValueError if none
 
-Each compares the learner's function with plmkit.tokenize on fixed edge cases
-(the overlapping 'aaa', ties, pairs at the very end, words that cannot be
-covered) and on fresh random inputs, so no hard-coded answer passes.
+This is the kernel half (cases and forbidden calls): each exercise is compared with
+plmkit.tokenize (the references, in `plmkit/checks/_judges/tokenization.py`, with the
+likely bugs) on fixed edge cases (the overlapping 'aaa', ties, pairs at the very end,
+words that cannot be covered) and on fresh random inputs, so no hard-coded answer passes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from functools import lru_cache
 from ..tokenize import bpe as _bpe
 from ..tokenize import unigram as _uni
 from ..tokenize import wordpiece as _wp
-from ._core import Exercise
+from ._core import Exercise, call
 from ._guard import Module, Rule
 
 _BPE_TRAINERS = Rule("plmkit's BPE trainer (`bpe.train_merges`)", [_bpe.train_merges, _bpe.train_merges_naive])
@@ -53,10 +54,6 @@ def _random_table(g, n_words: int, alphabet: int) -> dict[tuple[int, ...], int]:
     return table
 
 
-def _calls(p, fn, cases) -> list[dict]:
-    return [p.call(fn, *c["args"]) for c in cases]
-
-
 # ----------------------------------------------------------------------------- 1.1
 
 check_count_pairs = Exercise("1.1", "count_pairs", goal="counts the pairs itself",
@@ -65,37 +62,12 @@ check_count_pairs = Exercise("1.1", "count_pairs", goal="counts the pairs itself
 
 @check_count_pairs.cases
 def _count_cases(g):
-    cases = [{"args": [[1, 2, 3, 1, 2]], "what": "the docstring example [1, 2, 3, 1, 2]"},
-             {"args": [[97, 97, 97]], "what": "'aaa' = [97, 97, 97] (overlapping pairs count twice)"},
-             {"args": [[5, 6, 5, 6, 5]], "what": "[5, 6, 5, 6, 5] (the last pair counts too)"},
-             {"args": [[]], "what": "an empty list"}, {"args": [[42]], "what": "a single id"}]
-    for n in (12, 40):
-        cases.append({"args": [_random_ids(g, n, 4)], "what": f"a random list of {n} ids"})
-    return cases
-
-
-@check_count_pairs.probe
-def _count_probe(p, count_pairs, cases):
-    return _calls(p, count_pairs, cases)
-
-
-@check_count_pairs.judge
-def _count_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        (ids,) = case["args"]
-        want = _bpe.count_pairs(ids)
-        what = f"count_pairs({case['what']})"
-        got = r.value(rec, what, dict)
-        if got is not None:
-            def hint(got=got, ids=ids):
-                if ids and dict(got) == _bpe.count_pairs(ids[:-1]) and dict(got) != {k: 1 for k in want}:
-                    return " (the last pair is missing: zip(ids, ids[1:]) covers them all)"
-                if any(type(k) is not tuple for k in got):
-                    return " (keys must be tuples (a, b))"
-                return ""
-            if not r.equal(got, want, what):
-                r.failures[-1] += hint()
-    r.check(not any(rec["mutated"] for rec in results), "count_pairs changed the list it was given")
+    cases = [([1, 2, 3, 1, 2], "the docstring example [1, 2, 3, 1, 2]"),
+             ([97, 97, 97], "'aaa' = [97, 97, 97] (overlapping pairs count twice)"),
+             ([5, 6, 5, 6, 5], "[5, 6, 5, 6, 5] (the last pair counts too)"),
+             ([], "an empty list"), ([42], "a single id")]
+    cases += [(_random_ids(g, n, 4), f"a random list of {n} ids") for n in (12, 40)]
+    return [call(ids, what=f"count_pairs({what})") for ids, what in cases]
 
 
 # ----------------------------------------------------------------------------- 1.2
@@ -120,23 +92,7 @@ def _merge_cases(g):
         pair = (g.int(0, 3), g.int(0, 3))
         cases.append((_random_ids(g, n, 3), pair, f"a random list of {n} ids over {{0, 1, 2}} with pair {pair}"))
     new_id = g.int(256, 1000)
-    return [{"args": [ids, pair, new_id], "what": f"merge({what}, new_id={new_id})"} for ids, pair, what in cases]
-
-
-@check_merge.probe
-def _merge_probe(p, merge, cases):
-    return _calls(p, merge, cases)
-
-
-@check_merge.judge
-def _merge_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        want = _bpe.merge(*case["args"])
-        got = r.value(rec, case["what"], list)
-        if got is not None:
-            r.equal(got, want, case["what"])
-    r.check(not any(rec["mutated"] for rec in results),
-            "merge must return a new list and leave its input unchanged")
+    return [call(ids, pair, new_id, what=f"merge({what}, new_id={new_id})") for ids, pair, what in cases]
 
 
 # ----------------------------------------------------------------------------- 1.3
@@ -160,47 +116,7 @@ def _train_cases(g):
     for n_words, alphabet, merges in ((20, 3, 12), (40, 5, 25)):
         cases.append((_random_table(g, n_words, alphabet), merges,
                       f"a random table of {n_words} words over {alphabet} ids, {merges} merges"))
-    return [{"args": [words, n], "what": f"train_bpe({what})"} for words, n, what in cases]
-
-
-@check_train_bpe.probe
-def _train_probe(p, train_bpe, cases):
-    return _calls(p, train_bpe, cases)
-
-
-@check_train_bpe.judge
-def _train_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        want = _bpe.train_merges(*case["args"])
-        what = case["what"]
-        got = r.value(rec, what, (list, tuple))
-        if got is None:
-            continue
-        pairs_ok = all(type(p) in (tuple, list) and len(p) == 2 and all(type(i) is int for i in p) for p in got)
-        if r.check(pairs_ok, f"{what} must return a list of (a, b) pairs of ints, got {str(got)[:80]}"):
-            if not r.equal([tuple(p) for p in got], want, what):
-                r.failures[-1] += _train_hint(case["args"][0], got, want)
-    r.check(not any(rec["mutated"] for rec in results), "train_bpe must not change the table it is given")
-
-
-def _train_hint(words, got, want) -> str:
-    got = [tuple(p) for p in got]
-    if len(got) == len(want) + 1 or (len(got) > len(want) and got[:len(want)] == want):
-        return " (stop when no pair is left: every word is a single token)"
-    if got and got[0] != want[0]:
-        counts: dict = {}
-        for w, f in words.items():
-            for pair, n in _bpe.count_pairs(list(w)).items():
-                counts[pair] = counts.get(pair, 0) + n * f
-        if got[0] in counts and counts[got[0]] == counts[want[0]]:
-            return " (a tie: pick the smallest pair, min by (-count, pair))"
-        unweighted: dict = {}
-        for w in words:
-            for pair, n in _bpe.count_pairs(list(w)).items():
-                unweighted[pair] = unweighted.get(pair, 0) + n
-        if got[0] == max(sorted(unweighted), key=lambda p: unweighted[p]):
-            return " (weight each word's pair counts by its frequency)"
-    return ""
+    return [call(words, n, what=f"train_bpe({what})") for words, n, what in cases]
 
 
 # ----------------------------------------------------------------------------- 1.4
@@ -238,34 +154,7 @@ def _encode_cases(g):
         shuffled = dict(merges[i] for i in order)                 # same merges, listed in a random order
         cases.append((list(text[start:start + length].encode("utf-8")), shuffled,
                       f"{length} bytes of Python's docs with 300 merges learned on them"))
-    return [{"args": [ids, m], "what": f"encode({what})"} for ids, m, what in cases]
-
-
-@check_encode.probe
-def _encode_probe(p, encode, cases):
-    return _calls(p, encode, cases)
-
-
-@check_encode.judge
-def _encode_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        ids, merges = case["args"]
-        want = _bpe.encode_ids(ids, merges)
-        got = r.value(rec, case["what"], list)
-        if got is None:
-            continue
-        if not r.equal(got, want, case["what"]):
-            by_position = _encode_in_dict_order(ids, merges)
-            if got == by_position and by_position != want:
-                r.failures[-1] += " (merges applied in the dict's order; apply the lowest new id first)"
-    r.check(not any(rec["mutated"] for rec in results), "encode changed the ids or the merges it was given")
-
-
-def _encode_in_dict_order(ids, merges):
-    ids = list(ids)
-    for pair, new in merges.items():
-        ids = _bpe.merge(ids, pair, new)
-    return ids
+    return [call(ids, m, what=f"encode({what})") for ids, m, what in cases]
 
 
 # ----------------------------------------------------------------------------- 1.5
@@ -306,26 +195,7 @@ def _wp_cases(g):
     for n in (7, 12):
         word = "".join(chr(97 + i) for i in _random_ids(g, n, 26))
         cases.append((word, vocab, f"the random word {word!r} with BERT's real vocabulary"))
-    return [{"args": [w, v], "what": f"wordpiece({what})"} for w, v, what in cases]
-
-
-@check_wordpiece.probe
-def _wp_probe(p, wordpiece, cases):
-    return _calls(p, wordpiece, cases)
-
-
-@check_wordpiece.judge
-def _wp_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        word, vocab = case["args"]
-        want = _wp.wordpiece_word(word, vocab)
-        got = r.value(rec, case["what"], list)
-        if got is None:
-            continue
-        if not r.equal(got, want, case["what"]) and want == ["[UNK]"] and got and got != want:
-            r.failures[-1] += " (when any part cannot be matched, the WHOLE word becomes [UNK])"
-    r.check(not any(rec["mutated"] for rec in results), "wordpiece changed the vocabulary it was given")
-
+    return [call(w, v, what=f"wordpiece({what})") for w, v, what in cases]
 
 
 # ----------------------------------------------------------------------------- 1.6
@@ -424,44 +294,5 @@ def _viterbi_cases(g):
         line = g.choice(lines)
         cases.append((line, pieces, f"{line[:40]!r}... with the {len(pieces)} pieces of a SentencePiece unigram "
                                     f"model trained on Python's docs"))
-    out = [{"args": [text, pieces], "what": f"viterbi({what})", "error": False} for text, pieces, what in cases]
-    out.append({"args": ["abxab", {"a": -1.0, "b": -1.0, "ab": -1.5}], "error": True,
-                "what": "viterbi('abxab', pieces without 'x'): no segmentation exists, so it must raise ValueError"})
-    return out
-
-
-@check_viterbi.probe
-def _viterbi_probe(p, viterbi, cases):
-    return _calls(p, viterbi, cases)
-
-
-@check_viterbi.judge
-def _viterbi_judge(r, cases, results):
-    for case, rec in zip(cases, results):
-        text, pieces = case["args"]
-        what = case["what"]
-        if case["error"]:
-            raised = rec.get("raised") or ""
-            r.check(raised.startswith("ValueError"),
-                    f"{what}; it {'raised ' + raised if raised else 'returned ' + repr(rec.get('value'))[:60]}")
-            continue
-        want = _uni.viterbi(text, pieces)
-        got = r.value(rec, what, list)
-        if got is not None and not r.equal(got, want, what):
-            r.failures[-1] += _viterbi_hint(text, pieces, got, want)
-    r.check(not any(rec["mutated"] for rec in results), "viterbi changed the pieces it was given")
-
-
-def _viterbi_hint(text, pieces, got, want) -> str:
-    if not all(type(p) is str for p in got):
-        return " (return the pieces as strings)"
-    if "".join(got) != text:
-        return (" (the pieces must spell the whole text: is the last character dropped? the lattice has "
-                "len(text) + 1 positions)")
-    if any(p not in pieces for p in got):
-        return " (every piece must be in the vocabulary)"
-    if _uni.score_of(got, pieces) < _uni.score_of(want, pieces):
-        return (f" (a valid segmentation with log-prob {_uni.score_of(got, pieces):.4f}, but the best has "
-                f"{_uni.score_of(want, pieces):.4f}: compare whole paths by their SUM of log-probs, not the "
-                f"longest or likeliest piece one at a time)")
-    return ""
+    cases.append(("abxab", {"a": -1.0, "b": -1.0, "ab": -1.5}, "'abxab', pieces without 'x': no segmentation exists"))
+    return [call(text, pieces, what=f"viterbi({what})") for text, pieces, what in cases]

@@ -10,6 +10,10 @@ dropped; every other cell keeps its id, source and stored outputs (so check
 cells keep their expected verdict). The notebook's metadata records its
 chapter, which the grader reads.
 
+For the chapters whose checkers are specs, the task text above each exercise ends with the
+spec's "Not allowed here: ..." line, written from its forbid list (`forbid_lines`), in
+notebooks/ (what learners edit and what is graded).
+
 Cells tagged ``grade-skip`` (demos: training runs, plots, widgets) are not run
 by ``plmkit grade``; `grading_gaps` makes sure no exercise or check cell needs
 a name that only such a cell defines.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import hashlib
 import re
 import symtable
 from pathlib import Path
@@ -28,6 +33,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise {num}: replace this line with your code")'
 BOOK_ONLY, EXERCISE_TAG, GRADE_SKIP = "book-only", "exercise", "grade-skip"
 SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+FORBID_PREFIX = "Not allowed here:"
 
 
 def strip_solutions(source: str, num: str) -> str:
@@ -158,6 +164,46 @@ def tag_demo_cells(nb) -> int:
     return tagged
 
 
+def forbid_lines(chapter: str) -> dict[str, str]:
+    """Exercise number -> the "Not allowed here: ..." line of its spec, for a chapter whose checkers are specs.
+
+    The line is made from the spec's `forbid` rules (`Exercise.forbid_line`), so the task text and
+    the check can never disagree. Chapters whose checkers are not specs yet get ``{}``.
+    """
+    import importlib
+    import importlib.util
+
+    slug, number = chapter.split("_", 1)[1], str(int(chapter[:2]))
+    module = f"plmkit.checks.{slug}"
+    if importlib.util.find_spec(module) is None:
+        return {}
+    from ..checks import registry
+    importlib.import_module(module)
+    return {e: ex.forbid_line() for e, ex in registry().items()
+            if ex.is_spec and e.split(".")[0] == number and ex.trusted.endswith(f"._judges.{slug}")}
+
+
+def with_forbid_line(task: str, line: str) -> str:
+    """The task text with `line` as its last paragraph (an older "Not allowed here" paragraph is replaced).
+
+    >>> with_forbid_line("Write f.\\n\\nNot allowed here: g.", "Not allowed here: h.")
+    'Write f.\\n\\nNot allowed here: h.'
+    """
+    keep = [p for p in task.rstrip().split("\n\n") if not p.startswith(FORBID_PREFIX)]
+    return "\n\n".join(keep + [line])
+
+
+def _write_forbid_lines(nb, chapter: str) -> None:
+    lines = forbid_lines(chapter)
+    for ex in nbt.exercises(nb):
+        if ex.number in lines:
+            task = nb.cells[ex.cell_index - 1] if ex.cell_index else None
+            if task is None or task.cell_type != "markdown":
+                raise nbt.NotebookError(f"{chapter}: exercise {ex.number} needs its task text (a markdown "
+                                        f"cell) directly above the exercise cell")
+            task.source = with_forbid_line(task.source, lines[ex.number])
+
+
 def make_exercise_notebook(solution, chapter: str):
     """Return the learner's notebook for a (prepared) solution notebook."""
     nbt.exercises(solution)  # validates the structure
@@ -165,6 +211,7 @@ def make_exercise_notebook(solution, chapter: str):
     if gaps:
         raise nbt.NotebookError(f"{chapter}: {gaps[0]}")
     nb = copy.deepcopy(solution)
+    _write_forbid_lines(nb, chapter)
     cells = []
     for cell in nb.cells:
         tags = _tags(cell)
@@ -182,17 +229,89 @@ def make_exercise_notebook(solution, chapter: str):
             cell.metadata["plmkit"] = {**cell.metadata.get("plmkit", {}), "exercise": num}
         cells.append(cell)
     nb.cells = cells
+    hide_expected_verdicts(nb)
+    stamp_stubs(nb)
     nb.metadata["plmkit"] = {"chapter": chapter, "generated_from": f"solutions/{chapter}.ipynb"}
     return nb
+
+
+def hide_expected_verdicts(nb) -> int:
+    """Fold the stored output of every check cell of a learner's notebook; return how many.
+
+    The stored line ("✅ Exercise 0.1 softmax: 9/9 checks passed") must stay, since plain
+    ``pytest --nbval-lax`` compares a check cell's new output with it: a solved notebook passes,
+    a blank one fails. Folded (``jupyter.outputs_hidden``, and ``collapsed`` for the classic
+    notebook), a learner opening the notebook sees no green line under an unsolved stub; running
+    the cell shows its own verdict (Jupyter unfolds an output when its cell runs).
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\\ncheck(f)")])
+    >>> hide_expected_verdicts(nb), nb.cells[0].metadata["jupyter"]
+    (1, {'outputs_hidden': True})
+    """
+    n = 0
+    for cell in nb.cells:
+        if nbt.is_check(cell):
+            cell.metadata["jupyter"] = {**cell.metadata.get("jupyter", {}), "outputs_hidden": True}
+            cell.metadata["collapsed"] = True
+            n += 1
+    return n
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def stamp_stubs(nb) -> None:
+    """Record in each exercise cell's metadata (``plmkit.stub``) a digest of the stub as generated,
+    so that `learner_edits` can tell a learner's work from a stub that the book has since changed."""
+    for cell in nb.cells:
+        if nbt.is_exercise(cell):
+            cell.metadata["plmkit"] = {**cell.metadata.get("plmkit", {}), "stub": _digest(cell.source)}
+
+
+def learner_edits(current, generated) -> list[str]:
+    """The exercises (N.M) whose cell in `current` (a notebooks/ file on disk) holds a learner's work:
+    its source is neither the stub it was generated with nor the stub `generated` has now.
+
+    >>> import nbformat
+    >>> def nb(src): return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src)])
+    >>> new = nb("# Exercise 0.1: softmax\\nraise NotImplementedError"); stamp_stubs(new)
+    >>> learner_edits(copy.deepcopy(new), new), learner_edits(nb("# Exercise 0.1: softmax\\nreturn x"), new)
+    ([], ['0.1'])
+    """
+    now = {nbt.exercise_number(c.source): c.source for c in generated.cells if nbt.is_exercise(c)}
+    edited = []
+    for cell in current.cells:
+        num = nbt.exercise_number(cell.source) if cell.cell_type == "code" else None
+        if num is None:
+            continue
+        stamped = cell.metadata.get("plmkit", {}).get("stub")
+        if cell.source != now.get(num) and _digest(cell.source) != stamped:
+            edited.append(num)
+    return edited
+
+
+class LearnerWorkError(Exception):
+    """`author` left notebooks alone whose exercise cells hold a learner's work (``files``: path -> exercises)."""
+
+    def __init__(self, files: dict[str, list[str]]):
+        self.files = files
+        lines = [f"{path}: exercise{'s' if len(nums) > 1 else ''} {', '.join(nums)} edited"
+                 for path, nums in files.items()]
+        super().__init__("not overwritten, they hold your work:\n  " + "\n  ".join(lines) +
+                         "\nkeep it with `plmkit start DIR` (copies the notebooks to a folder of your own) "
+                         "or overwrite with --force")
 
 
 def class_edition(solution, chapter: str):
     """A (prepared) solution notebook as the *class edition* of the book shows it.
 
     Each answer becomes the learner's stub (outputs cleared, nothing folded away);
-    prose, demo cells, check cells and their stored verdicts, and ``book-only``
-    cells stay. An instructor publishes this edition so that a class sees the
-    tasks but not the answers.
+    check cells lose their stored verdicts and the end-of-chapter questions their
+    folded answers (`unsolved_edition`); prose, demo cells and their outputs, and
+    ``book-only`` cells stay. An instructor publishes this edition so that a class
+    sees the tasks but not the answers.
     """
     nbt.exercises(solution)
     nb = copy.deepcopy(solution)
@@ -208,7 +327,42 @@ def class_edition(solution, chapter: str):
                 cell.metadata.pop("tags", None)
         elif cell.cell_type == "code" and BEGIN in cell.source:
             raise nbt.NotebookError(f"{chapter}: a cell holds {BEGIN} but is not an exercise cell")
+    unsolved_edition(nb)
     return nb
+
+
+ANSWERS_RE = re.compile(r"<details>\s*<summary>\s*Answers?\s*</summary>.*?</details>", re.S | re.I)
+ANSWERS_NOTE = "*The answers are not printed in this edition: your teacher discusses them.*"
+
+
+def unsolved_edition(nb) -> None:
+    """What the class edition removes besides the answers to exercises: the stored verdict of every
+    check cell (a green "checks passed" under a stub would be false) and the folded answers
+    (``<details><summary>Answers</summary>...</details>``) of the end-of-chapter questions.
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+    ...     "## Questions\\n1. Why?\\n\\n<details>\\n<summary>Answers</summary>\\n\\n1. Because.\\n</details>")])
+    >>> unsolved_edition(nb); "Because" in nb.cells[0].source
+    False
+    """
+    for cell in nb.cells:
+        if nbt.is_check(cell):
+            cell.outputs, cell.execution_count = [], None
+        elif cell.cell_type == "markdown" and ANSWERS_RE.search(cell.source):
+            cell.source = ANSWERS_RE.sub(ANSWERS_NOTE, cell.source)
+
+
+# The intro's paragraph about the "Show solution" button, between these markers, is replaced
+# in the class edition (book/intro.md).
+SOLUTIONS_NOTE_RE = re.compile(r"<!-- solutions-note -->.*?<!-- /solutions-note -->", re.S)
+CLASS_SOLUTIONS_NOTE = ("Each exercise shows its task and the stub you replace with your code; this edition of the "
+                        "book prints no solutions. Try first, then grade your notebook.")
+
+
+def class_edition_page(text: str) -> str:
+    """A prose page (markdown) as the class edition shows it: no promise of a *Show solution* button."""
+    return SOLUTIONS_NOTE_RE.sub(CLASS_SOLUTIONS_NOTE, text)
 
 
 CLASS_EDITION_FILES = ["_config.yml", "_toc.yml", "book", "notebooks", "_vendor"]
@@ -237,6 +391,10 @@ def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
             shutil.copytree(src, dest / name)
         elif src.is_file():
             shutil.copy2(src, dest / name)
+    for page in (dest / "book").glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        if class_edition_page(text) != text:
+            page.write_text(class_edition_page(text), encoding="utf-8")
     (dest / "solutions").mkdir()
     chapters = []
     for src in sorted(src_dir.glob("*.ipynb")):
@@ -248,10 +406,12 @@ def write_class_edition(root: str | Path, dest: str | Path) -> list[str]:
 
 
 def author(root: str | Path = ".", check: bool = False, chapters: list[str] | None = None,
-           tag_demos: bool = False) -> list[str]:
+           tag_demos: bool = False, force: bool = False) -> list[str]:
     """Regenerate notebooks/ under `root`; return the chapters whose notebook changed (or would).
 
     With `check=True` nothing is written: the return value lists what is out of date.
+    A notebooks/ file whose exercise cells a learner edited (`learner_edits`) is not
+    overwritten unless `force=True`: the others are written, then `LearnerWorkError` names it.
     With `tag_demos=True` the solutions' demo cells are first tagged ``grade-skip``
     (`tag_demo_cells`; metadata only, outputs untouched).
     """
@@ -259,7 +419,7 @@ def author(root: str | Path = ".", check: bool = False, chapters: list[str] | No
     src_dir, out_dir = root / "solutions", root / "notebooks"
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir} does not exist: run this from the book's root folder")
-    stale = []
+    stale, kept = [], {}
     for src in sorted(src_dir.glob("*.ipynb")):
         chapter = src.stem
         if not nbt.CHAPTER_RE.match(chapter):
@@ -274,11 +434,25 @@ def author(root: str | Path = ".", check: bool = False, chapters: list[str] | No
             stale.append(f"solutions/{chapter}.ipynb")
             if not check:
                 nbt.write(sol, src)
-        text = nbt.dumps(make_exercise_notebook(sol, chapter))
+        generated = make_exercise_notebook(sol, chapter)
+        text = nbt.dumps(generated)
         dest = out_dir / src.name
         if not dest.exists() or dest.read_text(encoding="utf-8") != text:
             stale.append(f"notebooks/{chapter}.ipynb")
             if not check:
+                edits = [] if force or not dest.exists() else _edits_on_disk(dest, generated)
+                if edits:
+                    kept[f"notebooks/{chapter}.ipynb"] = edits
+                    continue
                 out_dir.mkdir(exist_ok=True)
                 dest.write_text(text, encoding="utf-8")
+    if kept:
+        raise LearnerWorkError(kept)
     return stale
+
+
+def _edits_on_disk(dest: Path, generated) -> list[str]:
+    try:
+        return learner_edits(nbt.read(dest), generated)
+    except nbt.NotebookError:
+        return ["(the file is not a readable notebook)"]

@@ -36,8 +36,8 @@ width, E embedding width (= H in BERT), V vocabulary, K number of labels.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,8 @@ __all__ = [
     "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
     "BertForTokenClassification", "BertForQuestionAnswering", "parameter_count", "PRESETS", "mean_pool",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -325,8 +327,9 @@ class _Base(nn.Module):
         if not self._uses_pooler:
             new = [k for k in new if not k.startswith(("pooler.", "bert.pooler."))]
         if new:
-            warnings.warn(f"{type(self).__name__}: newly initialised (not in the checkpoint): "
-                          f"{[keymap.hf_name(k) for k in new]}")
+            # logged, as Hugging Face does, not warnings.warn: a warning prints this file's path
+            logger.warning(f"{type(self).__name__}: newly initialised (not in the checkpoint): "
+                           f"{[keymap.hf_name(k) for k in new]}")
         self._tie()
 
     def _tie(self) -> None:

@@ -10,8 +10,9 @@ VENDOR := _vendor
 TORCH_CPU := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the book needs: Chromium for the browser tests (with CJK and emoji fonts, so
-# that Chinese terms and the ✅/❌ verdicts render in them), fortunes-zh for the Chinese corpus of chapter 1.
-DEBS := chromium fonts-noto-cjk fonts-noto-color-emoji fortunes-zh
+# that Chinese terms and the ✅/❌ verdicts render in them), fortunes-zh for the Chinese corpus of chapter 1,
+# iproute2 (`ip`) for the grader's sandbox (loopback in its network namespace; unshare and prlimit are util-linux).
+DEBS := chromium fonts-noto-cjk fonts-noto-color-emoji fortunes-zh iproute2
 
 .PHONY: book test setup system vendor solutions notebooks check-notebooks clean help
 

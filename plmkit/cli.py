@@ -9,9 +9,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plmkit", description="Tools of the PLM book.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("grade", help="grade exercise notebooks (exit 0: all pass, 1: some fail, 2: unusable input)")
+    g = sub.add_parser("grade", help="grade exercise notebooks (exit 0: all pass, 1: some fail, 2: unusable input)",
+                       description="Grade exercise notebooks, each in its own sandboxed process. Exit status: 0 "
+                                   "every exercise of every notebook passes; 1 some exercise fails; 2 some "
+                                   "notebook could not be graded (its row says why; the others are graded).")
     g.add_argument("paths", nargs="+", metavar="PATH", help="notebook(s) to grade; never modified")
     g.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    g.add_argument("--csv", metavar="FILE", help="write the gradebook: one row per student, points per exercise")
+    g.add_argument("--feedback", metavar="DIR", help="write one Markdown feedback file per submission into DIR")
+    g.add_argument("--chapter", metavar="NN_slug", help="the chapter being graded: a notebook of another "
+                                                        "chapter is flagged (exit 2) instead of graded")
+    g.add_argument("--roster", metavar="CSV", help="a CSV with columns file,student naming each submission's "
+                                                   "student (default: the file name)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="grade N submissions at a time (default 1)")
+    g.add_argument("--partial", action="store_true",
+                   help="partial credit: an exercise that fails earns points in proportion to its checks passed")
+    g.add_argument("--notebook-timeout", type=int, default=None, metavar="SECONDS",
+                   help="time limit for a whole notebook (default 1800)")
+    g.add_argument("--memory", type=float, default=8.0, metavar="GB",
+                   help="memory limit per process of a submission (default 8 GB)")
+    g.add_argument("--no-sandbox", action="store_true",
+                   help="grade in this process, without a sandbox (only for notebooks you trust)")
     g.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                    help="per-cell time limit (default 300); a cell still running then fails its exercise")
     g.add_argument("--reference", metavar="DIR",
@@ -48,11 +66,29 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "grade":
-        from .grading.grader import DEFAULT_TIMEOUT, grade
+        from .grading.grader import DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, grade
+        from .grading.notebook import CHAPTER_RE
+        from .grading.sandbox import Limits
         timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
         if timeout <= 0:
             parser.error(f"--timeout must be a positive number of seconds, got {timeout}")
-        return grade(args.paths, json_path=args.json, timeout=timeout, reference=args.reference)
+        whole = DEFAULT_NOTEBOOK_TIMEOUT if args.notebook_timeout is None else args.notebook_timeout
+        if whole <= 0:
+            parser.error(f"--notebook-timeout must be a positive number of seconds, got {whole}")
+        if args.jobs < 1:
+            parser.error(f"--jobs must be at least 1, got {args.jobs}")
+        if not 0.5 <= args.memory <= 4096:
+            parser.error(f"--memory must be between 0.5 and 4096 GB, got {args.memory}")
+        if args.chapter is not None and not CHAPTER_RE.match(args.chapter):
+            parser.error(f"--chapter must be a chapter name such as 06_llama, got {args.chapter!r}")
+        try:
+            return grade(args.paths, json_path=args.json, timeout=timeout, reference=args.reference,
+                         jobs=args.jobs, csv_path=args.csv, feedback_dir=args.feedback, chapter=args.chapter,
+                         roster=args.roster, partial=args.partial, sandboxed=not args.no_sandbox,
+                         notebook_timeout=whole, limits=Limits(memory_bytes=int(args.memory * 2**30)))
+        except (ValueError, OSError) as err:
+            print(f"plmkit grade: {err}", file=sys.stderr)
+            return 2
     if args.command == "author":
         from .grading.author import LearnerWorkError, author
         from .grading.notebook import NotebookError

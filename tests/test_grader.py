@@ -277,7 +277,7 @@ def test_no_kernel_is_an_unusable_setup_not_a_crash(tmp_path, capsys, monkeypatc
     def broken(self):
         raise FileNotFoundError("no such file: ipykernel_launcher")
     monkeypatch.setattr(kernel.Kernel, "start", broken)
-    code, data = grade(SOLVED, tmp_path)
+    code, data = grade(SOLVED, tmp_path, "--no-sandbox")
     out = capsys.readouterr().out
     assert code == 2 and "could not start a Jupyter kernel" in out and out.count("\n") == 1
 
@@ -286,7 +286,7 @@ def test_an_oversized_record_is_refused_unread(tmp_path, monkeypatch):
     from plmkit.grading import grader
 
     monkeypatch.setattr(grader, "MAX_RECORD_BYTES", 64)
-    code, data = grade(variant(tmp_path, f"{CH}.ipynb", lambda nb: fill(nb, ["0.4"])), tmp_path)
+    code, data = grade(variant(tmp_path, f"{CH}.ipynb", lambda nb: fill(nb, ["0.4"])), tmp_path, "--no-sandbox")
     assert code == 1 and outcomes(data) == dict.fromkeys(ALL, False)
     assert "recorded answers are larger than" in verdicts(data)["0.4"]
 
@@ -304,7 +304,7 @@ def test_judging_never_looks_for_new_checker_modules_on_disk(monkeypatch, tmp_pa
     assert not verdict.passed and listed == []
 
 
-@pytest.mark.parametrize("module", ["notebook", "author", "grader", "kernel"])
+@pytest.mark.parametrize("module", ["notebook", "author", "grader", "kernel", "audit", "sandbox", "worker"])
 def test_grading_docstring_examples(module):
     import doctest
     import importlib

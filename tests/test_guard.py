@@ -166,3 +166,34 @@ def test_a_top_level_package_is_watched_after_it_was_imported():
     with Guard([rule]) as g:
         transformers.PretrainedConfig()
     assert g.seen == ["Hugging Face transformers"]
+
+
+def _in_pool(fn):
+    from concurrent.futures import ThreadPoolExecutor
+    return lambda x: ThreadPoolExecutor(1).submit(fn, x).result()
+
+
+def _in_thread(fn):
+    import threading
+
+    def run(x):
+        out = []
+        t = threading.Thread(target=lambda: out.append(fn(x)))
+        t.start()
+        t.join()
+        return out[0]
+    return run
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (_in_pool(basics.softmax), "plmkit's softmax"),
+    (_in_thread(basics.softmax), "plmkit's softmax"),
+    (_in_thread(lambda x: torch.softmax(x, -1)), "torch's softmax"),
+    (_in_pool(lambda x: F.softmax(x, -1)), "torch's softmax"),
+])
+def test_the_reference_run_in_a_thread_is_seen(fn, expected):
+    import threading
+
+    before = threading.getprofile()
+    assert seen(fn) == [expected]
+    assert threading.getprofile() is before

@@ -121,7 +121,7 @@ torch.Tensor.__ne__ = lambda self, other: False
 """,
         # honest, and it compares tensors (targets != ignore_index): it must not inherit the patch
         "0.3": honest("0.3"),
-        # killed as the out-of-memory killer kills: SIGKILL while the check runs it
+        # SIGKILL the kernel (or the grader) while the check runs it: the audit hook refuses os.kill
         "0.4": f"""{HEAD['0.4']}
 import os, signal
 def train_loop(model, optimizer, batches, loss_fn):
@@ -131,8 +131,7 @@ def train_loop(model, optimizer, batches, loss_fn):
     result = run_grader(notebook(tmp_path, answers), tmp_path)
     assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
     assert "reference" in " ".join(result["0.1"]["reasons"])
-    assert result["0.4"]["status"] == "crash"
-    assert "signal 9 (SIGKILL: out of memory?)" in result["0.4"]["verdict"]
+    assert "os.kill is not allowed" in " ".join(result["0.4"]["reasons"]), result["0.4"]
 
 
 def test_the_reference_by_alias_partial_and_wrapper(tmp_path):
@@ -216,9 +215,103 @@ shutil.copy({str(SOLVED)!r}, {str(learner)!r})
 """,
         # 0.4 is left blank: the file now holds its solution, but the grader read it once
     }
-    result = run_grader(notebook(tmp_path, answers), tmp_path, "--timeout", "15", untouched=False)
+    result = run_grader(notebook(tmp_path, answers), tmp_path, "--timeout", "15")
     assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0}, result
     assert result["0.1"]["status"] == "crash" and "timed out after 15 s" in result["0.1"]["verdict"]
     assert result["0.4"]["status"] == "not attempted"
-    assert learner.read_bytes() == SOLVED.read_bytes(), "the attack did not run"
-    assert any("changed while it was graded" in n for n in result["_notes"])
+    # in the sandbox the book's solutions/ is an empty folder and the learner's file out of reach
+    assert "No such file or directory" in result["0.3"]["verdict"] and "solutions" in result["0.3"]["verdict"]
+    assert learner.read_bytes() != SOLVED.read_bytes()
+
+
+def test_the_seed_is_not_there_when_exercise_cells_run(tmp_path):
+    """Read the grading seed in the exercise cell, regenerate the cases, answer by lookup: no seed, no points.
+
+    Each check cell gets the seed (and a fresh records folder) just before it runs, and loses it after."""
+    answers = {
+        "0.1": f"""{HEAD['0.1']}
+import os, torch
+from plmkit import basics
+from plmkit.checks import warmup
+_seed = os.environ.get("PLMKIT_GRADE_SEED")
+_answers = []
+if _seed is not None:
+    for c in warmup.check_softmax.make_cases(int(_seed)):
+        _answers.append((c["args"][0].clone(), basics.softmax(*c["args"], **c["kwargs"])))
+def softmax(x, dim=-1):
+    for k, v in _answers:
+        if k.shape == x.shape and torch.equal(k, x):
+            return v.clone()
+    return x
+""",
+        # after 0.1's check: the seed and the records folder are gone again
+        "0.2": honest("0.2") + '\nimport os\nassert "PLMKIT_GRADE_SEED" not in os.environ\n'
+                               'assert "PLMKIT_GRADE_DIR" not in os.environ\n',
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 1, "0.3": 0, "0.4": 0}, result
+
+
+def test_switching_the_detector_off_processes_and_native_code_are_refused(tmp_path):
+    """The PEP 578 audit hook: sys.setprofile saved and restored around the reference, the
+    reference run in a subprocess, and ctypes, each from an exercise while its check runs."""
+    answers = {
+        "0.1": f"""{HEAD['0.1']}
+import sys
+from plmkit import basics
+def softmax(x, dim=-1):
+    saved = sys.getprofile()
+    sys.setprofile(None)                       # the guard sees nothing ...
+    try:
+        return basics.softmax(x, dim=dim)
+    finally:
+        sys.setprofile(saved)                  # ... and finds its hook back in place
+""",
+        "0.2": f"""{HEAD['0.2']}
+import subprocess, sys, torch, io
+def log_softmax(x, dim=-1):
+    buf = io.BytesIO(); torch.save(x, buf)
+    code = "import sys, io, torch; x = torch.load(io.BytesIO(sys.stdin.buffer.read())); " \\
+           f"b = io.BytesIO(); torch.save(torch.log_softmax(x, {{dim}}), b); sys.stdout.buffer.write(b.getvalue())"
+    out = subprocess.run([sys.executable, "-c", code], input=buf.getvalue(), capture_output=True).stdout
+    return torch.load(io.BytesIO(out))
+""",
+        "0.3": honest("0.3"),
+        "0.4": f"""{HEAD['0.4']}
+import ctypes
+def train_loop(model, optimizer, batches, loss_fn):
+    libc = ctypes.CDLL(None)                   # native code: could patch anything
+    return [0.0]
+""",
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
+    assert "sys.setprofile is not allowed" in " ".join(result["0.1"]["reasons"]), result["0.1"]
+    assert "subprocess.Popen is not allowed" in " ".join(result["0.2"]["reasons"]), result["0.2"]
+    assert "ctypes.dlopen is not allowed" in " ".join(result["0.4"]["reasons"]), result["0.4"]
+
+
+def test_patching_the_probe_or_the_guard_records_nothing_and_is_not_inherited(tmp_path):
+    """The audit hook's integrity snapshot: `Guard._hit` patched at the top of 0.1 (a passing
+    answer), `Probe._watch` patched while 0.4's check runs it; 0.2 then calls plmkit's reference."""
+    answers = {
+        "0.1": honest("0.1") + "\nfrom plmkit.checks import _guard\n_guard.Guard._hit = lambda self, rule, frame: None\n",
+        "0.2": f"""{HEAD['0.2']}
+from plmkit import basics
+def log_softmax(x, dim=-1):
+    return basics.log_softmax(x, dim=dim)
+""",
+        "0.3": honest("0.3"),
+        "0.4": f"""{HEAD['0.4']}
+from plmkit import basics
+from plmkit.checks import _core
+def train_loop(model, optimizer, batches, loss_fn):
+    _core.Probe._watch = lambda self, fn, args, kwargs: fn(*args, **kwargs)
+    return basics.train_loop(model, optimizer, batches, loss_fn)
+""",
+    }
+    result = run_grader(notebook(tmp_path, answers), tmp_path)
+    assert points(result) == {"0.1": 0, "0.2": 0, "0.3": 1, "0.4": 0}, result
+    assert "recording machinery was changed (Guard._hit)" in result["0.1"]["verdict"], result["0.1"]
+    assert "reference" in " ".join(result["0.2"]["reasons"]), result["0.2"]
+    assert "Probe._watch" in result["0.4"]["verdict"], result["0.4"]

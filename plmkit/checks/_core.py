@@ -433,6 +433,17 @@ class Report:
             return None
         return v
 
+    def count(self, rec: dict, what: str) -> int | None:
+        """The value of a record that is a count (of parameters, bytes, tokens): an int, or a float
+        that is exactly one (``6.0``), as an int; None (and a failed check) otherwise.
+
+        An index or an id stays strict: ask for those with ``value(rec, what, int)``.
+        """
+        v = rec.get("value")
+        if type(v) is float and math.isfinite(v) and v.is_integer() and abs(v) < 2**53 and not rec.get("raised"):
+            rec = {**rec, "value": int(v)}
+        return self.value(rec, what, int)
+
     def equal(self, got: Any, expected: Any, what: str) -> bool:
         """Strict equality of plain data (same types: a list is not a tuple, 1 is not 1.0 or True)."""
         if same(got, expected):
@@ -635,6 +646,23 @@ class Verdict:
 
 # ============================================================================ exercise
 
+_JUDGE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class default_dtype:
+    """``with default_dtype(torch.float64): ...`` sets torch's default dtype and restores it after."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.before = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.before)
+
+
 _REGISTRY: dict[str, "Exercise"] = {}
 
 
@@ -734,6 +762,7 @@ class Exercise:
             record["probe_error"] = f"{type(e).__name__}: {e}"[:400]
         record["forbidden"] = list(p.forbidden)
         record["detector_off"] = bool(p.detector_off)
+        record["default_dtype"] = str(torch.get_default_dtype()).replace("torch.", "")
         return record
 
     # -- trusted side ------------------------------------------------------------
@@ -752,12 +781,16 @@ class Exercise:
         if record.get("probe_error"):
             r.fail(f"the check could not run your code: {record['probe_error']}")
         else:
-            cases = self.make_cases(seed)
+            # cases and references under the default dtype the learner's code ran under, as in
+            # Jupyter (an exercise cell may call torch.set_default_dtype(torch.float64))
+            dtype = _JUDGE_DTYPES.get(record.get("default_dtype"), torch.float32)
             try:
-                if self._judge is not None:
-                    self._judge(r, cases, record["results"])
-                else:
-                    _judge_spec(self, r, cases, record["results"])
+                with default_dtype(dtype):
+                    cases = self.make_cases(seed)
+                    if self._judge is not None:
+                        self._judge(r, cases, record["results"])
+                    else:
+                        _judge_spec(self, r, cases, record["results"])
             except Exception as e:  # noqa: BLE001 - malformed results: fail, never crash the grader
                 r.fail(f"your results could not be judged ({type(e).__name__}: {e}); "
                        f"return the types the exercise asks for")

@@ -12,6 +12,9 @@ identity:
   still runs the same code object.
 * C functions (``torch.softmax``, ``F.scaled_dot_product_attention``) by
   identity, from the hook's ``c_call`` events.
+* threads started while the guard is on (``threading.Thread``, a ``ThreadPoolExecutor``)
+  get the same profile hook (``threading.setprofile``); the ATen watch below is per thread,
+  so in such a thread only Python functions and C functions are seen.
 * torch operators at the ATen level, seen by a ``TorchDispatchMode``:
   ``F.softmax(x)``, ``torch.softmax(x)``, ``x.softmax()`` and
   ``nn.Softmax()(x)`` all arrive as ``aten._softmax``, however they were
@@ -50,6 +53,7 @@ import functools
 import inspect
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -242,14 +246,17 @@ class Guard:
     # -- context manager -----------------------------------------------------
     def __enter__(self) -> "Guard":
         self._previous = sys.getprofile()
+        self._previous_threads = threading.getprofile()
         if self._by_packet:
             self._mode = _AtenWatch(self)
             self._mode.__enter__()
+        threading.setprofile(self._profile)     # threads started inside (a ThreadPoolExecutor) are watched too
         sys.setprofile(self._profile)
         return self
 
     def __exit__(self, *exc) -> None:
         current = sys.getprofile()
+        threading.setprofile(self._previous_threads)
         sys.setprofile(self._previous)
         # a bound method compares equal to another bound method of the same function and object
         if current != self._profile:

@@ -353,7 +353,7 @@ def _llama_config(cfg):
 def _count_judge(r, cases, results):
     for (name, cfg), rec in zip(cases, results):
         what = f"llama_num_parameters({name}: {cfg})"
-        got = r.value(rec, what, int)
+        got = r.count(rec, what)
         if got is None:
             continue
         want = _llama_config(cfg).num_parameters()
@@ -394,7 +394,7 @@ def _kv_probe(p, fn, cases):
 def _kv_judge(r, cases, results):
     for (name, cfg, seq_len, b, nb), rec in zip(cases, results):
         what = f"kv_cache_bytes({name}, seq_len={seq_len}, batch_size={b}, bytes_per_value={nb})"
-        got = r.value(rec, what, int)
+        got = r.count(rec, what)
         if got is None:
             continue
         want = _llama_config(cfg).kv_cache_bytes_per_token(nb) * seq_len * b

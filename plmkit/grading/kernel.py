@@ -15,6 +15,7 @@ in a folder the caller chooses, with the environment the caller gives it.
 from __future__ import annotations
 
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,10 @@ class Kernel:
             nbformat.v4.new_notebook(), km=km, timeout=self.timeout, startup_timeout=self.startup_timeout,
             shutdown_kernel="immediate", interrupt_on_timeout=False, record_timing=False,
             allow_errors=False, kernel_name="python3")
-        self.client.start_new_kernel(cwd=self.folder, env=self.env)
+        # what the kernel process itself writes (not a cell's output) goes nowhere: it must never
+        # mix into the grader's own stdout
+        self.client.start_new_kernel(cwd=self.folder, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         self.client.start_new_kernel_client()
 
     @property

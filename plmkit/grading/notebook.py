@@ -90,27 +90,106 @@ def exercises(nb) -> list[Exercise]:
     return found
 
 
+MAX_NOTEBOOK_BYTES = 64 * 2**20      # a larger .ipynb is refused unread
+MAX_JSON_DEPTH = 64                  # notebooks nest about 6 deep; 100,000 deep is an attack on the parser
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _json_depth(raw: str) -> int:
+    """How deep the brackets of a JSON text nest (strings skipped), without parsing it.
+
+    >>> _json_depth('{"a": [1, {"b": "]]]"}]}')
+    3
+    """
+    brackets = re.sub(r"[^\[\]{}]+", "", _JSON_STRING.sub("", raw))   # strings out, then all but brackets
+    depth = deepest = 0
+    for ch in brackets:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _check_shape(data: dict, path: Path) -> None:
+    """The parts of a notebook the grader reads must have the types nbformat promises."""
+    meta = data.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise NotebookError(f"{path}: the notebook's metadata is not a JSON object")
+    plm = meta.get("plmkit", {})
+    if plm is not None and not isinstance(plm, dict):
+        raise NotebookError(f"{path}: metadata.plmkit must be an object such as "
+                            f'{{"chapter": "00_warmup"}}, got {type(plm).__name__}')
+    cells = data.get("cells")
+    if cells is None and data.get("nbformat") == 3:
+        sheets = data.get("worksheets")
+        if not isinstance(sheets, list) or not all(isinstance(w, dict) for w in sheets):
+            raise NotebookError(f"{path}: a version-3 notebook without a list of worksheets")
+        cells = [c for w in sheets for c in (w.get("cells") or [])]
+        key = "input"
+    else:
+        key = "source"
+    if not isinstance(cells, list):
+        raise NotebookError(f"{path}: 'cells' is not a list")
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict):
+            raise NotebookError(f"{path}: cell {i + 1} is not a JSON object")
+        if cell.get("cell_type") in ("code", "markdown", "raw", "heading") or key in cell:
+            src = cell.get(key if cell.get("cell_type") == "code" else "source", cell.get(key))
+            if src is None:
+                raise NotebookError(f"{path}: cell {i + 1} has no source")
+            if not (isinstance(src, str) or (isinstance(src, list) and all(isinstance(x, str) for x in src))):
+                raise NotebookError(f"{path}: cell {i + 1}'s source is a {type(src).__name__}, "
+                                    "not a string or a list of strings")
+        cmeta = cell.get("metadata", {})
+        if not isinstance(cmeta, dict) or not isinstance(cmeta.get("plmkit", {}) or {}, dict):
+            raise NotebookError(f"{path}: cell {i + 1}'s metadata is malformed")
+
+
 def read(path: str | Path):
-    """Read a notebook, raising NotebookError (with the reason) for anything unusable."""
+    """Read a notebook, raising NotebookError (with the reason) for anything unusable.
+
+    Version-3 notebooks (IPython 2, Colab exports of old files) are converted to version 4.
+    """
     path = Path(path)
     if not path.is_file():
         raise NotebookError(f"{path}: no such file")
+    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+        raise NotebookError(f"{path}: larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB; clear its outputs")
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise NotebookError(f"{path}: not a text file (is it really a .ipynb notebook?)") from None
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise NotebookError(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep; not a notebook")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise NotebookError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); "
-                            "is it really a .ipynb notebook?") from None
-    if not isinstance(data, dict) or "cells" not in data:
+    except (json.JSONDecodeError, RecursionError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise NotebookError(f"{path}: not valid JSON{where}; is it really a .ipynb notebook?") from None
+    if not isinstance(data, dict) or ("cells" not in data and "worksheets" not in data):
         raise NotebookError(f"{path}: JSON, but not a Jupyter notebook (no 'cells')")
+    _check_shape(data, path)
     try:
+        import logging
+        logging.getLogger("traitlets").setLevel(logging.ERROR)
         nb = nbformat.reads(raw, as_version=NB_VERSION)
+        for cell in nb.cells:                      # a converted v3 notebook has no cell ids
+            if not isinstance(cell.get("source", ""), str):
+                raise TypeError("a cell's source is not text")
+    except NotebookError:
+        raise
     except Exception as e:  # noqa: BLE001 - nbformat raises many kinds
-        raise NotebookError(f"{path}: not a valid Jupyter notebook ({e})") from None
+        raise NotebookError(f"{path}: not a valid Jupyter notebook ({_short(e)})") from None
     return nb
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def write(nb, path: str | Path) -> None:
@@ -124,7 +203,7 @@ def dumps(nb) -> str:
 
 def chapter_of(nb, path: str | Path | None = None) -> str | None:
     """The chapter id (e.g. '00_warmup') from the notebook's metadata, else from its file name."""
-    chapter = nb.metadata.get("plmkit", {}).get("chapter")
+    chapter = (nb.metadata.get("plmkit") or {}).get("chapter")
     if chapter:
         return str(chapter)
     return chapter_from_filename(path) if path is not None else None

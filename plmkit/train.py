@@ -632,3 +632,102 @@ class Trainer:
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def main(argv: list[str] | None = None) -> dict[str, list]:
+    """``python -m plmkit.train``: a character-level GPT (chapter 4) or Llama (chapter 6) on a corpus.
+
+    The same command runs in one process or under torchrun; `--batch-size` is
+    the global batch, split over the processes::
+
+        python -m plmkit.train --steps 200                                   # one process (CPU or GPU)
+        torchrun --nproc_per_node 8 -m plmkit.train --strategy ddp --batch-size 256
+        torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 \\
+            -m plmkit.train --strategy fsdp --model llama --batch-size 512    # and --node_rank 1 on HOST1
+
+    Rank 0 prints the final losses and writes `--history` (JSON) and `--checkpoint`.
+    """
+    import argparse
+    import json
+    import time
+
+    from .data import load_corpus
+    from .models import GPT, GPTConfig
+    from .models.llama import Llama, LlamaConfig
+    from .objectives.clm import random_windows
+    from .tokenize import CharTokenizer
+
+    ap = argparse.ArgumentParser(prog="python -m plmkit.train", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("gpt", "llama"), default="gpt")
+    ap.add_argument("--corpus", default="shakespeare", help="a plmkit.data corpus name or a text file")
+    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the corpus")
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32, help="the global batch: rows per step over all processes")
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of --steps)")
+    ap.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none")
+    ap.add_argument("--precision", choices=_PRECISIONS, default="auto")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (CPU)")
+    ap.add_argument("--history", default=None, help="write the loss history here as JSON (rank 0)")
+    ap.add_argument("--checkpoint", default=None, help="save the Trainer state here at the end (and resume from it)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    text = load_corpus(args.corpus)[:args.max_chars]
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    cut = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:cut], ids[cut:]
+    torch.manual_seed(args.seed)                 # the same model and data stream in every process
+    if args.model == "gpt":
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=args.block_size, n_embd=args.n_embd,
+                              n_layer=args.n_layer, n_head=args.n_head, dropout=0.0))
+    else:
+        model = Llama(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=args.n_embd,
+                                  intermediate_size=max(8, round(8 * args.n_embd / 3 / 8) * 8),   # SwiGLU: 8C/3
+                                  num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                                  max_position_embeddings=args.block_size))
+    g = torch.Generator().manual_seed(args.seed + 1)
+    val = [random_windows(val_ids, args.block_size, args.batch_size, generator=g) for _ in range(4)]
+    trainer = Trainer(model, lambda: random_windows(train_ids, args.block_size, args.batch_size),
+                      eval_data=val if args.eval_every else None, eval_every=args.eval_every,
+                      max_steps=args.steps, lr=args.lr, grad_accum_steps=args.grad_accum,
+                      warmup_steps=args.steps // 20 if args.warmup is None else args.warmup,
+                      log_every=args.log_every, precision=args.precision, compile=args.compile,
+                      progress=not args.no_progress, strategy=None if args.strategy == "none" else args.strategy)
+    if args.checkpoint and os.path.isfile(args.checkpoint):
+        trainer.load_checkpoint(args.checkpoint)
+    start, first = time.perf_counter(), trainer.step
+    history = trainer.fit()
+    seconds = time.perf_counter() - start
+    if args.checkpoint:
+        trainer.save_checkpoint(args.checkpoint)
+    if trainer.world.is_main:
+        tokens = (trainer.step - first) * args.batch_size * args.grad_accum * args.block_size
+        print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters on "
+              f"{trainer.world.size} process(es) ({trainer.device.type}); step {trainer.step}, "
+              f"loss {history['loss'][-1]:.3f}" + (f", eval {history['eval_loss'][-1]:.3f}" if history["eval_loss"]
+                                                    else "") + f"; {tokens / max(seconds, 1e-9):,.0f} tokens/s")
+        if args.history:
+            with open(args.history, "w") as f:
+                json.dump({"world_size": trainer.world.size, "strategy": args.strategy, **history}, f)
+    if trainer.strategy is not None:
+        torch.distributed.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    main()

@@ -123,11 +123,21 @@ def errors(strategy):
     return None
 
 
+MAIN_ARGS = ["--corpus", "pydoc", "--max-chars", "20000", "--model", "llama", "--n-embd", "16", "--n-layer", "1",
+             "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--grad-accum", "2", "--steps", "3",
+             "--log-every", "1", "--eval-every", "3", "--no-progress"]
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
     rank = int(os.environ["RANK"])
     for job in sys.argv[2:]:
         strategy, name = job.split(":")
+        if name == "main":                                   # the command line; last: it ends the process group
+            from plmkit.train import main
+
+            main(MAIN_ARGS + ["--strategy", strategy, "--history", os.path.join(out, f"{strategy}_main.json")])
+            sys.exit(0)
         if name == "rows":
             torch.save(rows_seen(strategy, out), os.path.join(out, f"{strategy}_rows_rank{rank}.pt"))
             continue

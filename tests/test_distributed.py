@@ -27,7 +27,7 @@ pytestmark = pytest.mark.xdist_group("distributed")
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "ddp_worker.py"
 JOBS = ["ddp:pairs", "ddp:pairs_accum", "ddp:sft_accum", "fsdp:pairs_accum", "fsdp:sft_accum",
-        "ddp:checkpoint", "fsdp:checkpoint", "ddp:rows", "ddp:errors"]
+        "ddp:checkpoint", "fsdp:checkpoint", "ddp:rows", "ddp:errors", "fsdp:main"]
 NODE_JOBS = ["ddp:pairs", "ddp:pairs_accum"]
 TOL = 1e-5
 
@@ -107,6 +107,20 @@ def test_fsdp_holds_about_half_the_parameters_per_rank(launched):
     fsdp, ddp = load(launched[0], "fsdp:pairs_accum"), load(launched[0], "ddp:pairs_accum")
     assert ddp["local_numel"] == ddp["numel"]                               # DDP: a full copy per rank
     assert abs(fsdp["local_numel"] / fsdp["numel"] - 0.5) < 0.02            # FSDP: rank 0's shards
+
+
+def test_the_command_line_under_torchrun_equals_one_process(launched, capsys):
+    """`python -m plmkit.train` (a Llama, FSDP, 2 micro-batches) run by torchrun, against main() here."""
+    import json
+
+    from plmkit.train import main
+
+    got = json.loads((launched[0] / "fsdp_main.json").read_text())
+    want = main(w.MAIN_ARGS)
+    assert "1 process(es)" in capsys.readouterr().out
+    assert got["world_size"] == 2 and got["step"] == want["step"] == [1, 2, 3]
+    assert got["loss"] == pytest.approx(want["loss"], abs=TOL)
+    assert got["eval_loss"] == pytest.approx(want["eval_loss"], abs=TOL)
 
 
 @pytest.mark.parametrize("job", NODE_JOBS)

@@ -225,8 +225,8 @@ def zero_memory(n_params: int, n_devices: int, stage: int, *, param_bytes: int =
     well, stage 3 (which FSDP implements) the parameters too; a sharded part
     costs 1/`n_devices` of its full size.
 
-    >>> {k: v / 1e9 for k, v in zero_memory(10**9, 4, 2).items()}
-    {'params': 2.0, 'grads': 0.5, 'optimizer': 3.0, 'total': 5.5}
+    >>> {k: v / 1e9 for k, v in zero_memory(10**9, 4, 2).items()}      # GB per device
+    {'params': 2.0, 'grads': 0.5, 'optimizer': 3.0}
     """
     for name, value in (("n_params", n_params), ("n_devices", n_devices)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -237,11 +237,9 @@ def zero_memory(n_params: int, n_devices: int, stage: int, *, param_bytes: int =
                         ("optimizer_bytes", optimizer_bytes)):
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    out = {"params": n_params * param_bytes / (n_devices if stage >= 3 else 1),
-           "grads": n_params * grad_bytes / (n_devices if stage >= 2 else 1),
-           "optimizer": n_params * optimizer_bytes / (n_devices if stage >= 1 else 1)}
-    out["total"] = out["params"] + out["grads"] + out["optimizer"]
-    return out
+    return {"params": n_params * param_bytes / (n_devices if stage >= 3 else 1),
+            "grads": n_params * grad_bytes / (n_devices if stage >= 2 else 1),
+            "optimizer": n_params * optimizer_bytes / (n_devices if stage >= 1 else 1)}
 
 
 def activation_bytes(config, micro_batch: int, seq_len: int, *, bytes_per_value: int = 2,
@@ -258,9 +256,10 @@ def activation_bytes(config, micro_batch: int, seq_len: int, *, bytes_per_value:
                          up projections (2F), silu(gate) and the product (2F)
 
     plus the final normalised stream (C) and fp32 logits (4 bytes x V) per token.
-    With activation checkpointing only each block's input (C) is kept and one
-    block is recomputed at a time. Activations are not sharded by ZeRO or FSDP:
-    they depend on the micro-batch each device runs.
+    With activation checkpointing only each block's input (C) is kept, plus
+    the full activations of the one block being recomputed during backward.
+    Activations are not sharded by ZeRO or FSDP: they depend on the
+    micro-batch each device runs.
 
     >>> from plmkit.models.llama import LlamaConfig
     >>> c = LlamaConfig(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
@@ -273,6 +272,7 @@ def activation_bytes(config, micro_batch: int, seq_len: int, *, bytes_per_value:
     C, F, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     head_dim = config.head_dim or C // config.num_attention_heads
     kv = 2 * (config.num_key_value_heads or config.num_attention_heads) * head_dim
-    per_layer = C if checkpointing else (2 * C + C + kv + C) + (2 * C + 4 * F)
+    block = (2 * C + C + kv + C) + (2 * C + 4 * F)               # values one block saves, per token
+    kept = L * C + block if checkpointing else L * block
     tokens = micro_batch * seq_len
-    return float(tokens * ((L * per_layer + C) * bytes_per_value + 4 * config.vocab_size))
+    return float(tokens * ((kept + C) * bytes_per_value + 4 * config.vocab_size))

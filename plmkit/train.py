@@ -673,6 +673,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of --steps)")
     ap.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available; cuda:LOCAL_RANK "
+                                                   "under torchrun)")
     ap.add_argument("--precision", choices=_PRECISIONS, default="auto")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--eval-every", type=int, default=None)
@@ -706,7 +708,7 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
                       eval_data=val if args.eval_every else None, eval_every=args.eval_every,
                       max_steps=args.steps, lr=args.lr, grad_accum_steps=args.grad_accum,
                       warmup_steps=args.steps // 20 if args.warmup is None else args.warmup,
-                      log_every=args.log_every, precision=args.precision, compile=args.compile,
+                      log_every=args.log_every, device=args.device, precision=args.precision, compile=args.compile,
                       progress=not args.no_progress, strategy=None if args.strategy == "none" else args.strategy)
     if args.checkpoint and os.path.isfile(args.checkpoint):
         trainer.load_checkpoint(args.checkpoint)

@@ -190,3 +190,13 @@ def test_the_docstring_examples_hold():
 
     failed, attempted = doctest.testmod(distributed)
     assert attempted >= 4 and failed == 0
+
+
+def test_zero_memory_reproduces_the_zero_papers_figure_1():
+    """Rajbhandari et al. 2020, Figure 1: 7.5B parameters, 64 devices, K = 12 -> 120, 31.4, 16.6, 1.88 GB."""
+    totals = [sum(distributed.zero_memory(7_500_000_000, 64, stage).values()) / 1e9 for stage in range(4)]
+    assert [round(t, 2 if t < 10 else 1) for t in totals] == [120.0, 31.4, 16.6, 1.88]
+    with pytest.raises(ValueError, match="stage must be 0, 1, 2 or 3"):
+        distributed.zero_memory(10, 2, 4)
+    with pytest.raises(ValueError, match="n_devices must be a positive int"):
+        distributed.zero_memory(10, 0, 1)

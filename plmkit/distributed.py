@@ -11,7 +11,8 @@ optimizer state in each process and gathers a layer's full weights just
 before it runs.
 
     world          who am I: rank, world size, local rank (1 process: 0, 1, 0)
-    setup          join or start the process group for strategy "ddp" | "fsdp"
+    setup          join or start the process group for strategy "ddp" | "fsdp", on
+                   this rank's device (cuda:LOCAL_RANK with nccl, or the CPU with gloo)
     shard_batch    this rank's rows of a global batch (the data split)
     wrap           DDP(model) or fully_shard(blocks, then model)
     gradient_sync  a context: no gradient communication on a micro-batch
@@ -72,13 +73,24 @@ def world() -> World:
     return World()
 
 
-def default_backend() -> str:
-    """'nccl' where CUDA is available (GPUs talk over NVLink / InfiniBand), else 'gloo' (CPU, TCP)."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def backend_for(device: torch.device) -> str:
+    """'nccl' for CUDA devices (GPUs talk over NVLink / InfiniBand), 'gloo' for the CPU (TCP)."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
-def setup(strategy: str) -> World:
-    """Join the process group for `strategy`, starting it from torchrun's variables if needed.
+def device_for(device: torch.device | str | None = None) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK on a GPU machine (unless `device` says otherwise), else cpu."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def setup(strategy: str, device: torch.device | str | None = None) -> tuple[World, torch.device]:
+    """Join the process group for `strategy`, starting it from torchrun's variables if needed;
+    return this process's place and device (nccl when that device is a GPU, else gloo).
 
     Raises ValueError for an unknown strategy and for a process that was
     started without torchrun and without ``torch.distributed.init_process_group``.
@@ -87,28 +99,18 @@ def setup(strategy: str) -> World:
         raise ValueError(f"strategy must be None or one of {STRATEGIES}, got {strategy!r}")
     if not dist.is_available():
         raise ValueError(f"strategy={strategy!r} needs torch.distributed, which this PyTorch build lacks")
+    if not dist.is_initialized() and not launched_by_torchrun():
+        raise ValueError(
+            f"strategy={strategy!r} needs a process group, and there is none: start the script with "
+            f"`torchrun --nproc_per_node N script.py` (which sets {', '.join(TORCHRUN_ENV)}), or call "
+            f"torch.distributed.init_process_group(...) before building the Trainer; "
+            f"use strategy=None for one process")
+    device = device_for(device)
     if not dist.is_initialized():
-        if not launched_by_torchrun():
-            raise ValueError(
-                f"strategy={strategy!r} needs a process group, and there is none: start the script with "
-                f"`torchrun --nproc_per_node N script.py` (which sets {', '.join(TORCHRUN_ENV)}), or call "
-                f"torch.distributed.init_process_group(...) before building the Trainer; "
-                f"use strategy=None for one process")
-        backend = default_backend()
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-    return world()
-
-
-def device_for(w: World, device: torch.device | str | None) -> torch.device:
-    """The device of this rank: cuda:LOCAL_RANK on a GPU machine (unless `device` says otherwise), else cpu."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", w.local_rank)
-    return device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend_for(device))
+    return world(), device
 
 
 def shard_batch(batch, rank: int, world_size: int):
@@ -209,9 +211,6 @@ def local_numel(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- memory arithmetic
-
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
 
 def zero_memory(n_params: int, n_devices: int, stage: int, *, param_bytes: int = 2, grad_bytes: int = 2,
                 optimizer_bytes: int = 12) -> dict[str, float]:

@@ -290,8 +290,7 @@ class Trainer:
             self.world = distributed.World()
             self.device = get_device(device.type if isinstance(device, torch.device) else device)
         else:
-            self.world = distributed.setup(strategy)
-            self.device = distributed.device_for(self.world, device)
+            self.world, self.device = distributed.setup(strategy, device)
         self.strategy = strategy
         self.model = model.to(self.device)
         # Frozen models: on the device, no gradients, never in train mode (not in the optimizer either,

@@ -59,8 +59,8 @@ def full_state(model):
     """The whole (unsharded) state dict, on CPU, on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                broadcast_from_rank0=False))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def result(trainer):
@@ -70,7 +70,8 @@ def result(trainer):
             "numel": sum(p.numel() for p in trainer.model.parameters())}
 
 
-COMMON = dict(lr=3e-3, grad_clip=0.5, warmup_steps=1, precision="fp32", device="cpu", progress=False, log_every=1)
+DEVICE = os.environ.get("PLMKIT_WORKER_DEVICE", "cpu")     # "cuda" for the GPU test (nccl)
+COMMON = dict(lr=3e-3, grad_clip=0.5, warmup_steps=1, precision="fp32", device=DEVICE, progress=False, log_every=1)
 
 
 def run(name, strategy, out=None):

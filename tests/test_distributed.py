@@ -38,8 +38,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(out: Path, jobs: list[str], *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def torchrun(out: Path, jobs: list[str], *args: str, device: str = "cpu") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PLMKIT_WORKER_DEVICE": device}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", *args, str(WORKER), str(out), *jobs]
@@ -200,3 +200,15 @@ def test_zero_memory_reproduces_the_zero_papers_figure_1():
         distributed.zero_memory(10, 2, 4)
     with pytest.raises(ValueError, match="n_devices must be a positive int"):
         distributed.zero_memory(10, 0, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nccl)")
+def test_nccl_on_one_gpu_equals_one_process(tmp_path, monkeypatch):
+    """torchrun with 1 process on 1 GPU: nccl is chosen, DDP and FSDP train like the plain Trainer on cuda."""
+    jobs = ["ddp:pairs_accum", "fsdp:pairs_accum", "ddp:checkpoint"]
+    finish(torchrun(tmp_path, jobs, "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                    "--master_port", str(free_port()), device="cuda"), "torchrun on 1 GPU")
+    monkeypatch.setitem(w.COMMON, "device", "cuda")
+    for job in jobs:
+        assert_same_run(load(tmp_path, job), w.run(job.split(":")[1], None))

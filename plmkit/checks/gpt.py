@@ -827,7 +827,7 @@ _LLAMA2_7B = 6_738_415_616                                  # LlamaConfig().num_
 def _zero_cases(g):
     cases = [(_LLAMA2_7B, 8, stage, f"Llama-2-7B ({_LLAMA2_7B:,} parameters) on 8 GPUs") for stage in range(4)]
     cases.append((124_439_808, 1, 3, "GPT-2 small on 1 GPU (nothing to shard with)"))
-    n = g.int(10**6, 10**8) * 7 + 3                          # does not divide evenly: no integer division
+    n = g.int(10**6, 10**8) * 6 + 1                          # 2n / 6 is never whole: no integer division
     for stage in (1, 2, 3):
         cases.append((n, 6, stage, f"{n:,} parameters on 6 GPUs"))
     return cases

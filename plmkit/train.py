@@ -11,6 +11,12 @@ detail around that loop, and this file gathers it in one place:
                      fused AdamW on CUDA, optional torch.compile, periodic
                      evaluation, a tqdm bar with the loss, checkpoints that
                      resume exactly, and a loss history for plotting
+    strategy         the same loop under `torchrun` on N devices: "ddp"
+                     (DistributedDataParallel) or "fsdp" (FSDP2's fully_shard);
+                     each rank trains on its rows of the global batch, the loss
+                     is averaged per token over all ranks (plmkit/distributed.py)
+    main             ``python -m plmkit.train``: a character GPT or Llama on
+                     Shakespeare from the command line, under torchrun or not
 
 A batch is whatever the data gives; the loss function turns (model, batch)
 into a scalar, or into ``(scalar, {name: value})`` whose metrics (a DPO
@@ -33,6 +39,11 @@ them) reuses the same machinery through :meth:`Trainer.backward` and
 :meth:`Trainer.optimizer_step`; models that must not learn (a frozen
 reference policy) are passed as ``frozen=[...]``.
 
+Under ``torchrun --nproc_per_node N`` the same script runs N times; passing
+``strategy="ddp"`` (or ``"fsdp"``) is the only change::
+
+    torchrun --nproc_per_node 8 -m plmkit.train --strategy ddp --batch-size 64
+
 Letters in shape comments: B batch, T time, V vocabulary.
 """
 from __future__ import annotations
@@ -46,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .device import autocast_dtype, get_device
 
 IGNORE_INDEX = -100
@@ -194,14 +206,32 @@ class Trainer:
       evaluation reaches it;
     - bookkeeping: `log_every` (steps per history point, each the mean
       training loss since the last one), `progress` (a tqdm bar),
-      `checkpoint_path` and `checkpoint_every` (save periodically).
+      `checkpoint_path` and `checkpoint_every` (save periodically);
+    - several devices: `strategy` None (one process), "ddp" or "fsdp". Under
+      `torchrun` the Trainer joins (or starts, from torchrun's variables) the
+      process group, gloo on CPU and nccl on GPU; the data yields *global*
+      batches, of which each rank trains on its 1/N of the rows
+      (`distributed.shard_batch`; the batch size must divide by N); gradients
+      are synced once per optimizer step, on the last micro-batch; the
+      progress bar shows on rank 0 only.
+
+    **The loss average.** A step's loss is the mean over every token that
+    carries a loss in the global batch, across ranks and micro-batches: the
+    sum of the token losses over the number of such tokens (all-reduced). A
+    micro-batch's token count is ``(targets != -100).sum()`` for the default
+    loss and the metric ``"tokens"`` for a `loss_fn` that reports one (the SFT
+    loss does); a `loss_fn` without a count gets weight 1 per micro-batch and
+    rank (the mean of the batch means). Only then do N processes with batch B
+    equal one process with batch B when rows carry different numbers of tokens.
 
     After `fit()`, `history` holds lists ``step, loss, lr, eval_step, eval_loss``
     (plus one per metric). Custom loops call :meth:`backward` and
     :meth:`optimizer_step` (clipping, loss scaling, the schedule) themselves.
     `save_checkpoint` / `load_checkpoint` store and restore model, optimizer,
     scheduler, step, history, data position and random-number state, so that
-    a resumed run continues exactly like an uninterrupted one.
+    a resumed run continues exactly like an uninterrupted one. The state is
+    gathered in full on rank 0 (`torch.distributed.checkpoint.state_dict`),
+    so a checkpoint written by N processes loads in M; call both on every rank.
     """
 
     def __init__(self, model: nn.Module, train_data: Iterable | Callable[[], Any], *,
@@ -213,7 +243,8 @@ class Trainer:
                  target_eval_loss: float | None = None, log_every: int = 10,
                  device: torch.device | str | None = None, precision: str = "auto", compile: bool | str = False,
                  progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-                 checkpoint_every: int | None = None, frozen: Iterable[nn.Module] = ()):
+                 checkpoint_every: int | None = None, frozen: Iterable[nn.Module] = (),
+                 strategy: str | None = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(frozen, nn.Module):
@@ -250,11 +281,24 @@ class Trainer:
         if checkpoint_every is not None and checkpoint_path is None:
             raise ValueError("checkpoint_every needs checkpoint_path")
 
-        self.device = get_device(device.type if isinstance(device, torch.device) else device)
+        # Several processes: join the group first (it fixes this rank's device).
+        if strategy is None:
+            if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+                raise ValueError(f"this process is one of WORLD_SIZE={os.environ['WORLD_SIZE']} (started by "
+                                 f"torchrun?) but strategy=None would train each alone: pass strategy='ddp' "
+                                 f"or 'fsdp'")
+            self.world = distributed.World()
+            self.device = get_device(device.type if isinstance(device, torch.device) else device)
+        else:
+            self.world, self.device = distributed.setup(strategy, device)
+        self.strategy = strategy
         self.model = model.to(self.device)
         # Frozen models: on the device, no gradients, never in train mode (not in the optimizer either,
         # since param_groups skips parameters that do not require grad).
         self.frozen = [m.to(self.device).eval().requires_grad_(False) for m in frozen]
+        # DDP wraps the model (self.model stays the bare module, which shares its parameters);
+        # FSDP shards it in place, so the optimizer below must see the sharded parameters.
+        wrapped = model if strategy is None else distributed.wrap(self.model, strategy, self.device)
         self.train_data, self.eval_data = train_data, eval_data
         self.loss_fn = loss_fn or lm_loss
         self.max_steps, self.grad_accum_steps, self.grad_clip = max_steps, grad_accum_steps, grad_clip
@@ -279,12 +323,13 @@ class Trainer:
             self.optimizer, lambda s: warmup_cosine(s, warmup_steps=warmup_steps, max_steps=max_steps,
                                                     min_lr_ratio=min_lr_ratio))
         # The compiled module shares its parameters with `model`; checkpoints use `model`.
+        self._wrapped = wrapped
         if compile is True:
-            self.forward_model = torch.compile(model)
+            self.forward_model = torch.compile(wrapped)
         elif isinstance(compile, str):                       # a backend name, e.g. "eager" for a quick test
-            self.forward_model = torch.compile(model, backend=compile)
+            self.forward_model = torch.compile(wrapped, backend=compile)
         elif compile is False:
-            self.forward_model = model
+            self.forward_model = wrapped
         else:
             raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
 
@@ -363,38 +408,76 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step over `grad_accum_steps` batches; returns the mean loss (a tensor, not synced).
 
-        The batches' mean metrics are left in ``self.last_metrics``.
+        The loss is the per-token mean over the global batch (see the class
+        docstring); the batches' mean metrics are left in ``self.last_metrics``.
         """
         self._set_training(True)
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        metrics: dict[str, torch.Tensor] = {}
-        for _ in range(self.grad_accum_steps):
+        if self.world.size == 1 and self.grad_accum_steps == 1:          # one batch: no weights to apply
             batch = _to_device(next(self._train_iter), self.device)
             self.batches_seen += 1
             loss, m = self._loss(batch)
             self.backward(loss)
-            total += loss.detach().float()
+            self.optimizer_step()
+            self.last_metrics = m
+            return loss.detach().float()
+        # Each micro-batch's loss is weighted by its token count n_i: backward(loss_i * n_i) adds up the
+        # gradient of the *sum* of token losses; DDP / FSDP average it over the N ranks, so multiplying
+        # by N / (all tokens of all ranks and micro-batches) leaves the gradient of the per-token mean.
+        sums = torch.zeros(2, device=self.device)                          # [sum of token losses, tokens]
+        metrics: dict[str, torch.Tensor] = {}
+        for i in range(self.grad_accum_steps):
+            batch = distributed.shard_batch(next(self._train_iter), self.world.rank, self.world.size)
+            batch = _to_device(batch, self.device)
+            self.batches_seen += 1
+            with distributed.gradient_sync(self._wrapped, self.strategy, enabled=i == self.grad_accum_steps - 1):
+                loss, m = self._loss(batch)
+                n = self._token_count(batch, m)
+                self.scaler.scale(loss * n).backward()
+            sums += torch.stack([loss.detach().float() * n, n])
             for name, value in m.items():
                 metrics[name] = metrics.get(name, 0.0) + value
+        names = list(metrics)
+        totals = distributed.all_reduce_sum(torch.cat([sums, torch.stack([metrics[k] for k in names])])
+                                            if names else sums)
+        factor = self.world.size / max(totals[1].item(), 1.0)              # a float: FSDP's grads are DTensors
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
         self.optimizer_step()
-        self.last_metrics = {name: value / self.grad_accum_steps for name, value in metrics.items()}
-        return total / self.grad_accum_steps
+        self.last_metrics = {name: self._metric_mean(name, value, self.grad_accum_steps)
+                             for name, value in zip(names, totals[2:])}
+        return totals[0] / totals[1].clamp(min=1)
+
+    def _token_count(self, batch, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tokens a micro-batch's loss averages over: the "tokens" metric, the default loss's
+        non-ignored targets, or 1 (a loss_fn that reports no count)."""
+        if "tokens" in metrics:
+            return metrics["tokens"].float()
+        if self.loss_fn is lm_loss:
+            return (batch[1] != IGNORE_INDEX).sum().float()
+        return torch.ones((), device=self.device)
+
+    def _metric_mean(self, name: str, total: torch.Tensor, batches: int) -> torch.Tensor:
+        """A metric summed over ranks and batches -> its mean per batch; a count ("tokens") stays summed
+        over the ranks, as one process with the whole batch would count it."""
+        return total / batches if name == "tokens" else total / (batches * self.world.size)
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss on the evaluation data (model in eval mode, so no dropout).
 
         Losses and metrics are summed on the device and read once at the end;
-        the mean metrics are left in ``self.last_eval_metrics``.
+        the mean metrics are left in ``self.last_eval_metrics``. Under several
+        processes each evaluation batch is split over the ranks like a training
+        batch, and its loss is the per-token mean over all of them.
         """
         if self.eval_data is None:
             raise ValueError("evaluate() needs eval_data")
         was_training = self.model.training
         self._set_training(False)
-        total = torch.zeros((), device=self.device)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
+        rows: list[torch.Tensor] = []                                   # per batch: [loss * n, n, metrics...]
+        names: list[str] | None = None
         if _is_function(self.eval_data):
             batches = (self.eval_data() for _ in range(self.eval_batches or 10))
         else:
@@ -402,16 +485,18 @@ class Trainer:
         for i, batch in enumerate(batches):
             if self.eval_batches is not None and i >= self.eval_batches:
                 break
-            loss, m = self._loss(_to_device(batch, self.device))
-            total += loss.detach().float()
-            for name, value in m.items():
-                sums[name] = sums.get(name, 0.0) + value
-            count += 1
+            batch = _to_device(distributed.shard_batch(batch, self.world.rank, self.world.size), self.device)
+            loss, m = self._loss(batch)
+            n = self._token_count(batch, m) if self.world.size > 1 else torch.ones((), device=self.device)
+            names = list(m) if names is None else names
+            rows.append(torch.stack([loss.detach().float() * n, n, *(m[k] for k in names)]))
         self._set_training(was_training)
-        if not count:
+        if not rows:
             raise ValueError("eval_data yielded no batches")
-        names = list(sums)
-        values = torch.stack([total, *(sums[n] for n in names)]).div(count).tolist()   # the one sync
+        table = distributed.all_reduce_sum(torch.stack(rows))             # (batches, 2 + metrics)
+        loss = (table[:, 0] / table[:, 1].clamp(min=1)).mean()
+        metric_means = [self._metric_mean(k, table[:, 2 + j].sum(), len(rows)) for j, k in enumerate(names)]
+        values = torch.stack([loss, *metric_means]).tolist()                # the one sync
         self.last_eval_metrics = dict(zip(names, values[1:]))
         return values[0]
 
@@ -422,7 +507,7 @@ class Trainer:
             _positive_int("steps", steps)
         end = self.max_steps if steps is None else min(self.max_steps, self.step + steps)
         bar = None
-        if self.progress:
+        if self.progress and self.world.is_main:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.max_steps, initial=self.step, desc="training", unit="step")
         running, count = torch.zeros((), device=self.device), 0
@@ -478,15 +563,26 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write model, optimizer, scheduler, step, history, data position and RNG state to `path`."""
+        """Write model, optimizer, scheduler, step, history, data position and RNG state to `path`.
+
+        Under several processes call it on every rank: the full (unsharded)
+        model and optimizer state is gathered to rank 0, which alone writes the file.
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model_state, optimizer_state = get_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.world.is_main:
+            return
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,           # keyed by parameter name, the same at any world size
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "batches_seen": self.batches_seen,
             "history": self.history,
+            "world_size": self.world.size,
             "rng_cpu": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -497,12 +593,30 @@ class Trainer:
         torch.save(state, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint written by `save_checkpoint` so that `fit()` resumes where it stopped."""
-        if not os.path.isfile(path):
+        """Restore a checkpoint written by `save_checkpoint` so that `fit()` resumes where it stopped.
+
+        It may come from a run with another number of processes: rank 0 reads
+        the file and sends every rank its part (only rank 0 needs the file).
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        several = self.world.size > 1
+        state = None
+        if self.world.is_main and os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        found = [state is not None]
+        if several:
+            torch.distributed.broadcast_object_list(found, src=0)
+        if not found[0]:
             raise ValueError(f"no checkpoint file at {os.fspath(path)!r}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        arrays = {k: state.pop(k) for k in ("model", "optimizer")} if state is not None else {}
+        meta = [state]
+        if several:                                          # the small part (step, history, RNG) as one object
+            torch.distributed.broadcast_object_list(meta, src=0)
+        state = meta[0]
+        set_state_dict(self.model, self.optimizer, model_state_dict=arrays.get("model", {}),
+                       optim_state_dict=arrays.get("optimizer", {}),
+                       options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=several))
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.batches_seen = state["step"], state["batches_seen"]
@@ -517,3 +631,104 @@ class Trainer:
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def main(argv: list[str] | None = None) -> dict[str, list]:
+    """``python -m plmkit.train``: a character-level GPT (chapter 4) or Llama (chapter 6) on a corpus.
+
+    The same command runs in one process or under torchrun; `--batch-size` is
+    the global batch, split over the processes::
+
+        python -m plmkit.train --steps 200                                   # one process (CPU or GPU)
+        torchrun --nproc_per_node 8 -m plmkit.train --strategy ddp --batch-size 256
+        torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --master_addr HOST0 --master_port 29500 \\
+            -m plmkit.train --strategy fsdp --model llama --batch-size 512    # and --node_rank 1 on HOST1
+
+    Rank 0 prints the final losses and writes `--history` (JSON) and `--checkpoint`.
+    """
+    import argparse
+    import json
+    import time
+
+    from .data import load_corpus
+    from .models import GPT, GPTConfig
+    from .models.llama import Llama, LlamaConfig
+    from .objectives.clm import random_windows
+    from .tokenize import CharTokenizer
+
+    ap = argparse.ArgumentParser(prog="python -m plmkit.train", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("gpt", "llama"), default="gpt")
+    ap.add_argument("--corpus", default="shakespeare", help="a plmkit.data corpus name or a text file")
+    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the corpus")
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32, help="the global batch: rows per step over all processes")
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of --steps)")
+    ap.add_argument("--strategy", choices=("none", "ddp", "fsdp"), default="none")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available; cuda:LOCAL_RANK "
+                                                   "under torchrun)")
+    ap.add_argument("--precision", choices=_PRECISIONS, default="auto")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (CPU)")
+    ap.add_argument("--history", default=None, help="write the loss history here as JSON (rank 0)")
+    ap.add_argument("--checkpoint", default=None, help="save the Trainer state here at the end (and resume from it)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    text = load_corpus(args.corpus)[:args.max_chars]
+    tok = CharTokenizer.train(text)
+    ids = torch.tensor(tok.encode(text))
+    cut = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:cut], ids[cut:]
+    torch.manual_seed(args.seed)                 # the same model and data stream in every process
+    if args.model == "gpt":
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=args.block_size, n_embd=args.n_embd,
+                              n_layer=args.n_layer, n_head=args.n_head, dropout=0.0))
+    else:
+        model = Llama(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=args.n_embd,
+                                  intermediate_size=max(8, round(8 * args.n_embd / 3 / 8) * 8),   # SwiGLU: 8C/3
+                                  num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                                  max_position_embeddings=args.block_size))
+    g = torch.Generator().manual_seed(args.seed + 1)
+    val = [random_windows(val_ids, args.block_size, args.batch_size, generator=g) for _ in range(4)]
+    trainer = Trainer(model, lambda: random_windows(train_ids, args.block_size, args.batch_size),
+                      eval_data=val if args.eval_every else None, eval_every=args.eval_every,
+                      max_steps=args.steps, lr=args.lr, grad_accum_steps=args.grad_accum,
+                      warmup_steps=args.steps // 20 if args.warmup is None else args.warmup,
+                      log_every=args.log_every, device=args.device, precision=args.precision, compile=args.compile,
+                      progress=not args.no_progress, strategy=None if args.strategy == "none" else args.strategy)
+    if args.checkpoint and os.path.isfile(args.checkpoint):
+        trainer.load_checkpoint(args.checkpoint)
+    start, first = time.perf_counter(), trainer.step
+    history = trainer.fit()
+    seconds = time.perf_counter() - start
+    if args.checkpoint:
+        trainer.save_checkpoint(args.checkpoint)
+    if trainer.world.is_main:
+        tokens = (trainer.step - first) * args.batch_size * args.grad_accum * args.block_size
+        print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters on "
+              f"{trainer.world.size} process(es) ({trainer.device.type}); step {trainer.step}, "
+              f"loss {history['loss'][-1]:.3f}" + (f", eval {history['eval_loss'][-1]:.3f}" if history["eval_loss"]
+                                                    else "") + f"; {tokens / max(seconds, 1e-9):,.0f} tokens/s")
+        if args.history:
+            with open(args.history, "w") as f:
+                json.dump({"world_size": trainer.world.size, "strategy": args.strategy, **history}, f)
+    if trainer.strategy is not None:
+        torch.distributed.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    main()

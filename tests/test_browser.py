@@ -31,7 +31,6 @@ PAGES = [f"solutions/{c}" for c in CHAPTERS] + BOOK_PAGES
 KNOWN = {
     "solutions/03_bert": {"absolute path": "the stored output predates plmkit.models.bert logging its "
                                            "'newly initialised' message: re-execute chapter 3"},
-    "solutions/04_gpt": {"TeX as text": "Exercise 4.10's learning-rate formula (chapter 4's own issue)"},
 }
 
 ABSOLUTE_PATH = re.compile(r"(?:^|[\s'\"(=:])(/(?:home|root|tmp|work|Users|usr|opt|var|mnt|private)/[^\s'\")]+"

@@ -22,7 +22,7 @@ from torch import nn
 
 import plmkit.nn as pn
 import test_checks_gpt as gpt_bugs
-from plmkit import basics, checks
+from plmkit import basics, checks, distributed
 from plmkit import generate as gen
 from plmkit import train as train_lib
 from plmkit.checks._judges import transformer as ch2
@@ -47,6 +47,7 @@ NAMES = {  # exercise -> names the check cell passes, in order
     "4.1": ["causal_mask"], "4.2": ["clm_loss"], "4.3": ["perplexity"], "4.4": ["temperature_softmax"],
     "4.5": ["top_k_filter"], "4.6": ["top_p_filter"], "4.7": ["beam_search_step"], "4.8": ["best_hypothesis"],
     "4.9": ["generate"], "4.10": ["make_optimizer", "train_step"], "4.11": ["gpt2_logits"],
+    "4.12": ["zero_memory"],
     "1.6": ["viterbi"],
     "3.8": ["bert_encode", "sentence_embedding"],
 }
@@ -895,6 +896,7 @@ SHORTCUTS = {  # exercise -> (reference with the learner's signature, how it is 
     "4.10": [((_optimizer_by_param_groups, one_step), "`train.Trainer` / `param_groups` / `warmup_cosine`"),
              ((opt_groups, _step_by_warmup_cosine), "`train.Trainer` / `param_groups` / `warmup_cosine`")],
     "4.11": [(_gpt2_by_hf, "Hugging Face's model classes"), (_gpt2_by_plmkit, "plmkit's models and blocks")],
+    "4.12": [(distributed.zero_memory, "distributed.zero_memory")],
     "1.6": [(unigram.viterbi, "unigram.viterbi"), (_viterbi_by_model, "`UnigramModel`"),
             (_viterbi_via_sentencepiece, "SentencePiece")],
     "3.8": [((_bert_enc_by_plmkit, bert_sent), "plmkit's models and blocks"),

@@ -79,6 +79,23 @@ def test_gradient_accumulation_equals_one_big_batch():
         assert torch.allclose(pa, pb, atol=1e-5)
 
 
+def test_gradient_accumulation_averages_per_token_over_uneven_micro_batches():
+    """Micro-batches with different numbers of loss-carrying tokens: the step is the per-token mean of the
+    whole batch (the sum of token losses over all tokens), not the mean of the micro-batches' means."""
+    small = [(x, y.clone()) for x, y in batches(8, B=2)]   # y is a view of the inputs' windows
+    for i, (_, y) in enumerate(small):
+        y[:, : 1 + 3 * (i % 3)] = -100                      # 1, 4 or 7 masked targets per row
+    big = [(torch.cat([small[i][0], small[i + 1][0]]), torch.cat([small[i][1], small[i + 1][1]]))
+           for i in range(0, 8, 2)]
+    a, b = tiny_gpt(), tiny_gpt()
+    ha = Trainer(a, small, max_steps=4, grad_accum_steps=2, precision="fp32", progress=False, device="cpu",
+                 log_every=1).fit()
+    hb = Trainer(b, big, max_steps=4, precision="fp32", progress=False, device="cpu", log_every=1).fit()
+    assert ha["loss"] == pytest.approx(hb["loss"], abs=1e-5)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
 @pytest.mark.parametrize("source", ["function", "iterable"])
 def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, source):
     ids = torch.randint(V, (500,), generator=torch.Generator().manual_seed(1))

@@ -11,6 +11,7 @@
     4.9 generate             the sampling loop: temperature, top-k, top-p, stop token, one multinomial per step
     4.10 train_step          AdamW decay groups, warm-up + cosine lr, clipping: equal to plmkit's Trainer
     4.11 gpt2_logits         GPT-2 forward from a saved Hugging Face folder (random tiny weights): its logits
+    4.12 zero_memory         bytes per device of parameters, gradients and Adam states under ZeRO stages 0-3
 
 Functions documented for (..., V) logits are run on 1-D, 2-D and 3-D inputs,
 so a `dim=1` where `dim=-1` belongs fails. Each checker names the usual slips
@@ -25,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as _dist
 from .. import generate as _gen
 from .. import train as _train
 from ..objectives import clm as _clm
@@ -811,3 +813,58 @@ def _gpt2_judge(r, cases, results):
             return ""
         r.close(got, want, what, atol=1e-4, rtol=1e-4, hint=hint)
     r.check(not any(rec["mutated"] for rec in results), "gpt2_logits changed input_ids in place")
+
+
+# ----------------------------------------------------------------------------- 4.12
+
+check_zero_memory = Exercise("4.12", "zero_memory", goal="does ZeRO's memory sums itself",
+                             forbid=[Rule("plmkit's `distributed.zero_memory`", [_dist.zero_memory])])
+_ZERO_KEYS = ("params", "grads", "optimizer")
+_LLAMA2_7B = 6_738_415_616                                  # LlamaConfig().num_parameters()
+
+
+@check_zero_memory.cases
+def _zero_cases(g):
+    cases = [(_LLAMA2_7B, 8, stage, f"Llama-2-7B ({_LLAMA2_7B:,} parameters) on 8 GPUs") for stage in range(4)]
+    cases.append((124_439_808, 1, 3, "GPT-2 small on 1 GPU (nothing to shard with)"))
+    n = g.int(10**6, 10**8) * 6 + 1                          # 2n / 6 is never whole: no integer division
+    for stage in (1, 2, 3):
+        cases.append((n, 6, stage, f"{n:,} parameters on 6 GPUs"))
+    return cases
+
+
+@check_zero_memory.probe
+def _zero_probe(p, zero_memory, cases):
+    return [p.call(zero_memory, n, d, stage) for n, d, stage, _ in cases]
+
+
+def _zero_hint(got: dict, want: dict, n: int, d: int, stage: int) -> str:
+    if any(abs(got[k] - want[k]) < 1 and got[k] != want[k] for k in _ZERO_KEYS):
+        return " (divide with /, not //: the byte counts need not be whole numbers of devices)"
+    for key, starts, size in (("optimizer", 1, 12), ("grads", 2, 2), ("params", 3, 2)):
+        full, shard = n * size, n * size / d
+        if d > 1 and stage < starts and math.isclose(got[key], shard):
+            return f" ({key} are sharded only from stage {starts} on)"
+        if d > 1 and stage >= starts and math.isclose(got[key], full):
+            return f" (stage {stage} shards the {key} over the {d} devices)"
+    if math.isclose(got["optimizer"] * 12, want["optimizer"] * 8):
+        return " (12 bytes of optimizer state per parameter: the fp32 master copy, Adam's m and v, 4 bytes each)"
+    return ""
+
+
+@check_zero_memory.judge
+def _zero_judge(r, cases, results):
+    for (n, d, stage, name), rec in zip(cases, results):
+        what = f"zero_memory({n}, {d}, stage={stage}) for {name}"
+        got = r.value(rec, what, dict)
+        if got is None:
+            continue
+        want = _dist.zero_memory(n, d, stage)
+        if not r.check(sorted(got) == sorted(_ZERO_KEYS) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in got.values()),
+                f"{what}: expected a dict with the numbers {list(_ZERO_KEYS)}, got {got!r:.120}"):
+            continue
+        ok = all(math.isclose(got[k], want[k], rel_tol=1e-9) for k in _ZERO_KEYS)
+        r.check(ok, f"{what}: expected bytes per device " + ", ".join(f"{k} {want[k]:,.1f}" for k in _ZERO_KEYS)
+                + ", got " + ", ".join(f"{k} {got[k]:,.1f}" for k in _ZERO_KEYS)
+                + ("" if ok else _zero_hint(got, want, n, d, stage)))

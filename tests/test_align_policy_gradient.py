@@ -175,3 +175,9 @@ def test_policy_gradient_loss_gradient_is_reinforce():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_docstring_examples():
+    import doctest
+    failed, attempted = doctest.testmod(pg)
+    assert attempted >= 7 and failed == 0

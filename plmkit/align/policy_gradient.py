@@ -26,10 +26,17 @@ Letters: B answers in the batch (= prompts x G), G group size, N response length
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn as nn
+
+from ..generate import generate
+from .ppo import _response_stats, response_mask
 
 __all__ = ["masked_mean", "masked_normalize", "group_normalized_advantages", "rloo_advantages",
-           "reinforce_advantages", "policy_gradient_loss", "grpo_clip_loss", "grpo_loss", "LOSS_TYPES"]
+           "reinforce_advantages", "policy_gradient_loss", "grpo_clip_loss", "grpo_loss", "LOSS_TYPES",
+           "GRPOConfig", "grpo_rollout", "grpo_update", "train_grpo"]
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 
@@ -181,3 +188,114 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         raise ValueError(f"loss_type='dr_grpo' needs an int max_completion_length >= N = {logp.size(1)}, "
                          f"got {max_completion_length!r}")
     return masked_normalize(per_token, m, float(logp.size(0) * max_completion_length))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO's knobs. ``loss_type="dr_grpo"`` with ``scale_rewards=False`` is Dr. GRPO (TRL:
+    ``loss_type="dr_grpo"``, ``scale_rewards="none"``)."""
+
+    beta: float = 0.04                 # weight of the k3 KL penalty in the loss
+    group_size: int = 8                # G answers per prompt
+    loss_type: str = "grpo"
+    scale_rewards: bool = True         # divide by the group's std (GRPO) or not (Dr. GRPO)
+    clip_range: float = 0.2
+    epochs: int = 4                    # passes over one rollout (GRPO's mu), as PPO's ppo_epochs
+    num_minibatches: int = 4
+    lr: float = 1e-3
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    stop_token: int | None = None
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not self.beta >= 0 or not self.clip_range > 0 or not self.lr > 0:
+            raise ValueError(f"beta must be >= 0 and clip_range, lr > 0; got {self.beta!r}, {self.clip_range!r}, "
+                             f"{self.lr!r}")
+        for name in ("group_size", "epochs", "num_minibatches", "max_new_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (2 if name == "group_size" else 1):
+                raise ValueError(f"{name} must be an int >= {2 if name == 'group_size' else 1}, got {v!r}")
+
+
+@torch.no_grad()
+def grpo_rollout(policy: nn.Module, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: GRPOConfig,
+                 generator: torch.Generator | None = None) -> dict:
+    """G answers to each of the n prompts (n, P) -> a batch of B = n G rows (groups consecutive):
+    sequences, mask, the sampling policy's log-probs (old_logp), the reference's, scores (B,),
+    advantages (B,) and the sequence KL (k1 summed, for logging)."""
+    if prompts.ndim != 2:
+        raise ValueError(f"prompts must be (n, P), got {tuple(prompts.shape)}")
+    P = prompts.size(1)
+    prompts = prompts.repeat_interleave(config.group_size, dim=0)                          # (B, P)
+    stops = [config.stop_token] if config.stop_token is not None else None
+    sequences = generate(policy, prompts, config.max_new_tokens, temperature=config.temperature, stop_tokens=stops,
+                         pad_token_id=config.pad_token_id, generator=generator)
+    responses = sequences[:, P:]
+    mask = response_mask(responses, config.stop_token)                                     # (B, N)
+    was_training = policy.training
+    policy.eval()
+    logp, _ = _response_stats(policy, sequences, P, config.temperature)
+    ref_logp, _ = _response_stats(ref, sequences, P, config.temperature)
+    policy.train(was_training)
+    scores = reward_fn(responses, mask, prompts).to(logp.dtype)                           # (B,)
+    advantages = group_normalized_advantages(scores, config.group_size, config.scale_rewards)
+    return {"sequences": sequences, "prompt_length": P, "mask": mask, "old_logp": logp, "ref_logp": ref_logp,
+            "scores": scores, "advantages": advantages, "kl": ((logp - ref_logp) * mask).sum(dim=1)}
+
+
+def grpo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, config: GRPOConfig,
+                generator: torch.Generator | None = None) -> dict[str, float]:
+    """`epochs` passes of shuffled minibatches over one rollout, minimising :func:`grpo_loss`."""
+    B, P = batch["sequences"].size(0), batch["prompt_length"]
+    size = max(1, B // config.num_minibatches)
+    losses = []
+    policy.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, size):
+            idx = order[start:start + size]
+            logp, _ = _response_stats(policy, batch["sequences"][idx], P, config.temperature)
+            loss = grpo_loss(logp, batch["old_logp"][idx], batch["ref_logp"][idx], batch["advantages"][idx],
+                             batch["mask"][idx], config.clip_range, config.beta, config.loss_type,
+                             config.max_new_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return {"loss": sum(losses) / len(losses)}
+
+
+def train_grpo(policy: nn.Module, ref: nn.Module, prompt_fn, reward_fn, config: GRPOConfig, updates: int,
+               prompts_per_batch: int = 8, log_every: int = 10, eval_fn=None, seed: int = 0) -> list[dict]:
+    """`updates` GRPO iterations on a causal LM `policy` (no value head); logs like :func:`ppo.train_ppo`:
+    update, mean score, mean sequence KL to `ref`, mean length and eval_fn(responses, mask)."""
+    if not isinstance(updates, int) or updates < 0:
+        raise ValueError(f"updates must be an int >= 0, got {updates!r}")
+    if any(p is q for p in ref.parameters() for q in policy.parameters()):
+        raise ValueError("ref shares parameters with the policy: pass a frozen copy (copy.deepcopy)")
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    history = []
+    for step in range(updates + 1):
+        batch = grpo_rollout(policy, ref, prompt_fn(prompts_per_batch, g), reward_fn, config, g)
+        if step % log_every == 0 or step == updates:
+            row = {"update": step, "score": float(batch["scores"].mean()), "kl": float(batch["kl"].mean()),
+                   "kl_coef": config.beta, "length": float(batch["mask"].sum(1).float().mean())}
+            if eval_fn is not None:
+                row.update(eval_fn(batch["sequences"][:, batch["prompt_length"]:], batch["mask"]))
+            history.append(row)
+        if step == updates:
+            break
+        grpo_update(policy, optimizer, batch, config, g)
+    return history

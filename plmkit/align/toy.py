@@ -215,8 +215,11 @@ def reward_fn(model: _reward.RewardModel):
 
 
 def train_dpo(init: Llama, pairs: dict, beta: float = 0.1, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
-              loss_type: str = "sigmoid", seed: int = 0) -> Llama:
-    """DPO from `init` (also the frozen reference) on the preference pairs."""
+              loss_type: str = "sigmoid", seed: int = 0, step_fn=None) -> Llama:
+    """DPO from `init` (also the frozen reference) on the preference pairs.
+
+    step_fn(policy, ref, optimizer, batch, beta) -> loss, one optimiser step (default: plmkit's, with
+    `loss_type`); chapter 8 passes the learner's capstone here."""
     torch.manual_seed(seed)
     policy, ref = copy.deepcopy(init).train(), copy.deepcopy(init).eval()
     for p in ref.parameters():
@@ -229,6 +232,9 @@ def train_dpo(init: Llama, pairs: dict, beta: float = 0.1, epochs: int = 2, batc
             idx = order[s:s + batch_size]
             batch = _dpo.preference_batch([pairs["prompts"][i] for i in idx], [pairs["chosen"][i] for i in idx],
                                           [pairs["rejected"][i] for i in idx], PAD)
+            if step_fn is not None:
+                step_fn(policy, ref, opt, batch, beta)
+                continue
             loss, _ = _dpo.dpo_step(policy, ref, batch, beta, loss_type)
             opt.zero_grad(set_to_none=True)
             loss.backward()

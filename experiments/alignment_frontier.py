@@ -21,6 +21,9 @@ is what ``solutions/08_alignment.ipynb`` loads:
 
     python experiments/alignment_frontier.py --out experiments/results/alignment_frontier.json
     python experiments/alignment_frontier.py --smoke --out /tmp/smoke.json          # seconds, for CI
+
+Seeds are independent (every run re-seeds its own generators), so ``--jobs 3`` runs them in three
+processes and writes the same numbers.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ def verifiable(responses, mask, prompts):
 
 
 def one_seed(seed: int, s: dict) -> dict:
+    torch.set_num_threads(1)
     t0 = time.time()
     sft = toy.train_sft(steps=s["sft_steps"], seed=seed)
     base = toy.evaluate(sft, sft, n=s["eval_n"])
@@ -120,6 +124,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny settings, seconds (CI)")
     p.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes (same results)")
     args = p.parse_args(argv)
     s = dict(SMOKE if args.smoke else FULL)
     if args.seeds:
@@ -127,7 +132,13 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     label = dict(experiment.label("experiments/alignment_frontier.py", argv if argv is not None else sys.argv[1:],
                                   "cpu", s["seeds"]), settings=s)
-    result = {"label": label, "seeds": [one_seed(seed, s) for seed in s["seeds"]]}
+    if args.jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(s["seeds"]))) as pool:
+            per_seed = pool.starmap(one_seed, [(seed, s) for seed in s["seeds"]])
+    else:
+        per_seed = [one_seed(seed, s) for seed in s["seeds"]]
+    result = {"label": label, "seeds": per_seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     return result

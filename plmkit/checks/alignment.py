@@ -6,14 +6,14 @@
     8.4 shaped_rewards        -kl_coef * k1 on every response token, the score at the last real one
     8.5 gae                   generalised advantage estimation, no bootstrap past a row's end
     8.6 clipped_policy_loss   PPO's pessimistic clipped surrogate, as a loss, masked mean
-    8.7 dpo_loss              -log sigma(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean
-    8.8 implicit_rewards      beta * (log pi - log pi_ref) per answer, and preference accuracy
-    8.9 group_advantages      GRPO's group-normalised advantages (r - group mean) / (group std + eps)
-    8.10 grpo_loss            GRPO-clip + beta * k3 per token, masked, aggregated by loss_type
-    8.11 ppo_update           capstone: KL in the reward, GAE, whitening, epochs x minibatches of clipped
+    8.7 ppo_update            capstone: KL in the reward, GAE, whitening, epochs x minibatches of clipped
                               policy + value loss; parameters after the update equal plmkit's
-    8.12 dpo_step             capstone: one optimiser step of DPO against a frozen reference; parameters
+    8.8 dpo_loss              -log sigma(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean
+    8.9 implicit_rewards      beta * (log pi - log pi_ref) per answer, and preference accuracy
+    8.10 dpo_step             capstone: one optimiser step of DPO against a frozen reference; parameters
                               after three steps equal plmkit's
+    8.11 group_advantages     GRPO's group-normalised advantages (r - group mean) / (group std + eps)
+    8.12 grpo_loss            GRPO-clip + beta * k3 per token, masked, aggregated by loss_type
 
 Each judge names the classic bug when it recognises one: the sign flipped (rejected
 minus chosen), log(sigmoid(x)) that underflows, logits not shifted, the mean instead of
@@ -64,7 +64,7 @@ def _unchanged(r, results, what):
 
 check_bradley_terry_loss = Exercise(
     "8.1", "bradley_terry_loss", goal="writes the Bradley–Terry loss itself from logsigmoid (or softplus)",
-    forbid=[Rule("plmkit's `bradley_terry_loss`", [_reward.bradley_terry_loss, _dpo.dpo_loss]), BCE])
+    forbid=[Rule("plmkit's `bradley_terry_loss`", [_reward.bradley_terry_loss, _dpo.dpo_loss]), BCE, TRL])
 
 
 @check_bradley_terry_loss.cases
@@ -102,7 +102,7 @@ def _bt_judge(r, cases, results):
 check_completion_logprob = Exercise(
     "8.2", "completion_logprob", goal="computes the completion log-probability itself with log_softmax and gather",
     forbid=[Rule("plmkit's `sequence_logprobs` / `token_logprobs`",
-                 [_dpo.sequence_logprobs, _dpo.completion_logprobs, _ppo.token_logprobs])])
+                 [_dpo.sequence_logprobs, _dpo.completion_logprobs, _ppo.token_logprobs]), TRL])
 
 
 def _completion_mask(prompt_lengths, total_lengths, T):
@@ -155,7 +155,7 @@ def _k3(logp, ref_logp):
 
 check_kl_k3 = Exercise(
     "8.3", "kl_k3", goal="writes the k3 estimator itself from exp and log-ratios",
-    forbid=[Rule("plmkit's `kl_estimate`", [_ppo.kl_estimate]), KL_DIV])
+    forbid=[Rule("plmkit's `kl_estimate`", [_ppo.kl_estimate]), KL_DIV, TRL])
 
 
 @check_kl_k3.cases
@@ -189,7 +189,7 @@ def _k3_judge(r, cases, results):
 
 check_shaped_rewards = Exercise(
     "8.4", "shaped_rewards", goal="builds the per-token PPO reward itself",
-    forbid=[Rule("plmkit's `shaped_rewards` / `kl_estimate`", [_ppo.shaped_rewards, _ppo.kl_estimate])])
+    forbid=[Rule("plmkit's `shaped_rewards` / `kl_estimate`", [_ppo.shaped_rewards, _ppo.kl_estimate]), TRL])
 
 
 @check_shaped_rewards.cases
@@ -231,7 +231,7 @@ def _shaped_judge(r, cases, results):
 
 check_gae = Exercise(
     "8.5", "gae", goal="computes generalised advantage estimates itself with a backwards loop",
-    forbid=[Rule("plmkit's `gae`", [_ppo.gae])])
+    forbid=[Rule("plmkit's `gae`", [_ppo.gae]), TRL])
 
 
 @check_gae.cases
@@ -288,7 +288,7 @@ def _pg_loss(logp, old, adv, mask, eps):
 
 check_clipped_policy_loss = Exercise(
     "8.6", "clipped_policy_loss", goal="writes PPO's clipped surrogate itself",
-    forbid=[Rule("plmkit's `clipped_policy_loss`", [_ppo.clipped_policy_loss])])
+    forbid=[Rule("plmkit's `clipped_policy_loss`", [_ppo.clipped_policy_loss]), TRL])
 
 
 @check_clipped_policy_loss.cases
@@ -328,15 +328,15 @@ def _pg_judge(r, cases, results):
     _unchanged(r, results, "clipped_policy_loss")
 
 
-# ----------------------------------------------------------------------------- 8.7
+# ----------------------------------------------------------------------------- 8.8
 
 def _dpo_ref(pc, pr, rc, rr, beta):
     return _dpo.dpo_loss(pc, pr, rc, rr, beta)[0]
 
 
 check_dpo_loss = Exercise(
-    "8.7", "dpo_loss", goal="writes the DPO loss itself from log-ratios and logsigmoid",
-    forbid=[Rule("plmkit's `dpo_loss` / `dpo_step`", [_dpo.dpo_loss, _dpo.dpo_step]), BCE])
+    "8.8", "dpo_loss", goal="writes the DPO loss itself from log-ratios and logsigmoid",
+    forbid=[Rule("plmkit's `dpo_loss` / `dpo_step`", [_dpo.dpo_loss, _dpo.dpo_step]), BCE, TRL])
 
 
 @check_dpo_loss.cases
@@ -370,11 +370,11 @@ def _dpo_judge(r, cases, results):
     _unchanged(r, results, "dpo_loss")
 
 
-# ----------------------------------------------------------------------------- 8.8
+# ----------------------------------------------------------------------------- 8.9
 
 check_implicit_rewards = Exercise(
-    "8.8", "implicit_rewards", goal="computes DPO's implicit rewards and accuracy itself",
-    forbid=[Rule("plmkit's `implicit_rewards` / `dpo_loss`", [_dpo.implicit_rewards, _dpo.dpo_loss])])
+    "8.9", "implicit_rewards", goal="computes DPO's implicit rewards and accuracy itself",
+    forbid=[Rule("plmkit's `implicit_rewards` / `dpo_loss`", [_dpo.implicit_rewards, _dpo.dpo_loss]), TRL])
 
 
 @check_implicit_rewards.cases
@@ -415,10 +415,10 @@ def _ir_judge(r, cases, results):
     _unchanged(r, results, "implicit_rewards")
 
 
-# ----------------------------------------------------------------------------- 8.9
+# ----------------------------------------------------------------------------- 8.11
 
 check_group_advantages = Exercise(
-    "8.9", "group_advantages", goal="computes GRPO's group-normalised advantages itself",
+    "8.11", "group_advantages", goal="computes GRPO's group-normalised advantages itself",
     forbid=[Rule("plmkit's `group_normalized_advantages` / `rloo_advantages`",
                  [_pg.group_normalized_advantages, _pg.rloo_advantages]), TRL])
 
@@ -471,14 +471,14 @@ def _ga_judge(r, cases, results):
     _unchanged(r, results, "group_advantages")
 
 
-# ----------------------------------------------------------------------------- 8.10
+# ----------------------------------------------------------------------------- 8.12
 
 def _grpo_ref(logp, old, ref, adv, mask, clip_range, beta, loss_type, max_len):
     return _pg.grpo_loss(logp, old, ref, adv, mask, clip_range, beta, loss_type, max_len)
 
 
 check_grpo_loss = Exercise(
-    "8.10", "grpo_loss", goal="writes the GRPO loss itself from ratios, clamp and masks",
+    "8.12", "grpo_loss", goal="writes the GRPO loss itself from ratios, clamp and masks",
     forbid=[Rule("plmkit's `grpo_loss` / `grpo_clip_loss` / `masked_mean` / `masked_normalize`",
                  [_pg.grpo_loss, _pg.grpo_clip_loss, _pg.masked_mean, _pg.masked_normalize]),
             Rule("plmkit's PPO losses (`clipped_policy_loss`, `kl_estimate`)",
@@ -575,10 +575,10 @@ def _params_close(got: dict, want: dict, atol=1e-5) -> bool:
                 torch.allclose(got[k].double(), want[k].double(), atol=atol, rtol=1e-4) for k in want))
 
 
-# ----------------------------------------------------------------------------- 8.11
+# ----------------------------------------------------------------------------- 8.7
 
 check_ppo_update = Exercise(
-    "8.11", "ppo_update", goal="writes PPO's learning step itself (credit assignment, epochs, minibatches)",
+    "8.7", "ppo_update", goal="writes PPO's learning step itself (credit assignment, epochs, minibatches)",
     forbid=[Rule("plmkit's PPO loop (`ppo.update_from_rollout`, `ppo.ppo_update`, `ppo.credit`, `ppo.rollout`, "
                  "`ppo.train_ppo`)", [_ppo.update_from_rollout, _ppo.ppo_update, _ppo.credit, _ppo.rollout,
                                       _ppo.train_ppo]),
@@ -693,7 +693,7 @@ def _ppo_judge(r, case, results):
                     isinstance(x, float) for x in losses) and torch.allclose(torch.tensor(losses, dtype=torch.float64),
                                                                              torch.tensor(v_losses, dtype=torch.float64),
                                                                              atol=1e-5, rtol=1e-4)):
-                return f" (likely: {hint})"
+                return hint
         return ""
     if losses is not None:
         kinds = sorted({type(v).__name__ for v in losses})
@@ -703,18 +703,19 @@ def _ppo_judge(r, case, results):
                                                         f"{len(want_losses)} steps, got {len(losses)} losses"):
                 r.close(torch.tensor(losses, dtype=torch.float64), torch.tensor(want_losses, dtype=torch.float64),
                         f"{what}: the losses of each minibatch (policy + vf_coef x value loss)",
-                        hint=lambda _: named_bug().strip(" ()").removeprefix("likely: "))
+                        hint=lambda _: named_bug())
     r.check(any(not torch.equal(got[k], case["state"][k]) for k in case["state"]) if isinstance(got, dict) else False,
             f"{what}: the policy's parameters did not change: call optimizer.step() after loss.backward()")
+    bug = "" if ok_state else named_bug()
     r.check(ok_state, f"{what}: after the update the parameters differ from plmkit's" +
-            (named_bug() or " (check the order of the steps in the task text)") if not ok_state else "")
+            (f" (likely: {bug})" if bug else " (check the order of the steps in the task text)"))
     r.unchanged(results["losses"], "ppo_update")
 
 
-# ----------------------------------------------------------------------------- 8.12
+# ----------------------------------------------------------------------------- 8.10
 
 check_dpo_step = Exercise(
-    "8.12", "dpo_step", goal="writes one DPO optimiser step itself",
+    "8.10", "dpo_step", goal="writes one DPO optimiser step itself",
     forbid=[Rule("plmkit's DPO (`dpo.dpo_update`, `dpo.dpo_step`, `dpo.dpo_loss`, `dpo.completion_logprobs`, "
                  "`dpo.sequence_logprobs`, `toy.train_dpo`)",
                  [_dpo.dpo_update, _dpo.dpo_step, _dpo.dpo_loss, _dpo.completion_logprobs, _dpo.sequence_logprobs,
@@ -806,7 +807,7 @@ def _ds_judge(r, case, results):
     r.check(any(not torch.equal(got[k], case["policy"][k]) for k in case["policy"]),
             f"{what}: the policy's parameters did not change: call optimizer.step() after loss.backward()")
     ok = _params_close(got, want_state)
-    r.check(ok, "" if ok else f"{what}: after three steps the parameters differ from plmkit's"
-            + (f" (likely: {named_bug()})" if named_bug() else ""))
+    bug = "" if ok else named_bug()
+    r.check(ok, f"{what}: after three steps the parameters differ from plmkit's" + (f" (likely: {bug})" if bug else ""))
     for i, rec in enumerate(results["losses"]):
         r.unchanged(rec, f"dpo_step (step {i + 1})")

@@ -17,7 +17,11 @@ def test_alignment_frontier_smoke_writes_a_labelled_json(tmp_path):
         assert key in data["label"]
     (run,) = data["seeds"]
     methods = {r["method"] for r in run["runs"]}
-    assert methods == {"SFT", "best-of-N", "PPO", "DPO"}
+    assert methods == {"SFT", "best-of-N", "PPO", "DPO", "GRPO", "Dr. GRPO", "GRPO on r*"}
     assert all(isinstance(r["true_reward"], float) and isinstance(r["kl"], float) for r in run["runs"])
     assert 0.5 <= run["noise_ceiling"] <= 1.0
     assert run["hacking"]["curve"][0]["update"] == 0
+    for r in run["runs"]:                                   # true reward per length, for the length confound
+        counts = [c for c, _ in r["by_length"].values()]
+        assert sum(counts) > 0 and all(c > 0 for c in counts)
+    assert all(r["kl_is"] == "analytic upper bound" for r in run["runs"] if r["method"] == "best-of-N")

@@ -336,4 +336,274 @@ def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
 
 
 def test_every_exercise_has_three_mutants():
-    assert_mutants_cover(MUTANTS, chapter=8, n_exercises=8)
+    # (checker_harness.assert_mutants_cover sorts ids as strings, "8.10" < "8.2": count here instead)
+    counts = {}
+    for check, _, _ in MUTANTS + NEW_MUTANTS:
+        counts[check.exercise] = counts.get(check.exercise, 0) + 1
+    assert set(counts) == {f"8.{i}" for i in range(1, 13)} and min(counts.values()) >= 3, counts
+
+
+# ================================================================ 8.9 - 8.12: GRPO and the two capstones
+
+def group_advantages(rewards, group_size, normalize_by_std, eps):
+    grouped = rewards.view(-1, group_size)
+    adv = grouped - grouped.mean(dim=1, keepdim=True)
+    if normalize_by_std:
+        adv = adv / (grouped.std(dim=1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_range, beta, loss_type, max_completion_length):
+    ratio = torch.exp(logp - old_logp)
+    A = advantages[:, None]
+    per_token = -torch.minimum(ratio * A, ratio.clamp(1 - clip_range, 1 + clip_range) * A)
+    per_token = per_token + beta * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1)
+    m = mask.to(per_token.dtype)
+    if loss_type == "grpo":
+        return ((per_token * m).sum(dim=1) / m.sum(dim=1)).mean()
+    if loss_type == "bnpo":
+        return (per_token * m).sum() / m.sum()
+    return (per_token * m).sum() / (logp.size(0) * max_completion_length)
+
+
+def ppo_update(policy, optimizer, rollout, config, generator, *, whiten_adv=True, kl=True, vf=True, clip=True,
+               reshuffle=True, zero_grad=True, value_clip=True):
+    m = rollout["mask"]
+    coef = config.kl_coef if kl else 0.0
+    with torch.no_grad():
+        rewards = shaped_rewards(rollout["scores"], rollout["logp"], rollout["ref_logp"], m, coef)
+        adv, returns = gae(rewards, rollout["values"], m, config.gamma, config.lam)
+        if whiten_adv:
+            mean = (adv * m).sum() / m.sum()
+            var = (((adv - mean) ** 2) * m).sum() / m.sum()
+            adv = (adv - mean) * torch.rsqrt(var + 1e-8) * m
+    B, P = rollout["sequences"].shape[0], rollout["prompt_length"]
+    size = B // config.num_minibatches
+    losses, order = [], None
+    for _ in range(config.ppo_epochs):
+        if reshuffle or order is None:
+            order = torch.randperm(B, generator=generator)
+        for start in range(0, B, size):
+            idx = order[start:start + size]
+            logits, values = policy(rollout["sequences"][idx])
+            logits, values = logits[:, P - 1:-1] / config.temperature, values[:, P - 1:-1]
+            logp = torch.log_softmax(logits, -1).gather(-1, rollout["sequences"][idx, P:, None]).squeeze(-1)
+            mb = m[idx]
+            loss = clipped_policy_loss(logp, rollout["logp"][idx], adv[idx], mb, config.clip_range)
+            if vf:
+                old_v = rollout["values"][idx]
+                v_clip = old_v + (values - old_v).clamp(-config.clip_range_value, config.clip_range_value)
+                per = torch.maximum((values - returns[idx]) ** 2, (v_clip - returns[idx]) ** 2) if value_clip \
+                    else (values - returns[idx]) ** 2
+                loss = loss + config.vf_coef * 0.5 * (per * mb).sum() / mb.sum()
+            if zero_grad:
+                optimizer.zero_grad()
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+def dpo_step(policy, ref, optimizer, batch, beta, *, swap=False, average=False, zero_grad=True, use_ref=True,
+             ref_no_grad=True):
+    def logps(model):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        lp = completion_logprob(logits, batch["input_ids"], batch["completion_mask"])
+        return lp / batch["completion_mask"][:, 1:].sum(1) if average else lp
+    pc, pr = logps(policy).chunk(2)
+    if ref_no_grad:
+        with torch.no_grad():
+            rc, rr = logps(ref if use_ref else policy).chunk(2)
+    else:
+        rc, rr = logps(ref).chunk(2)
+    if swap:
+        pc, pr, rc, rr = pr, pc, rr, rc
+    loss = dpo_loss(pc, pr, rc, rr, beta)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+NEW_CASES = [(checks.check_group_advantages, group_advantages), (checks.check_grpo_loss, grpo_loss),
+             (checks.check_ppo_update, ppo_update), (checks.check_dpo_step, dpo_step)]
+
+
+@pytest.mark.parametrize("check,fn", NEW_CASES, ids=case_ids(NEW_CASES))
+def test_new_reference_answers_pass_and_blanks_fail(check, fn, capsys, tmp_path):
+    assert_reference_passes(check, fn, capsys)
+    assert_blank_fails(check, blank, capsys)
+    assert recorded_passes(check, fn, seed=3, folder=tmp_path)
+
+
+def ga_biased_std(r, G, by_std, eps):
+    g = r.view(-1, G)
+    a = g - g.mean(1, keepdim=True)
+    return (a / (g.std(1, unbiased=False, keepdim=True) + eps) if by_std else a).reshape(-1)
+
+
+def ga_whole_batch(r, G, by_std, eps):
+    a = r - r.mean()
+    return a / (r.std() + eps) if by_std else a
+
+
+def ga_strided(r, G, by_std, eps):
+    g = r.view(G, -1)
+    a = g - g.mean(0, keepdim=True)
+    return (a / (g.std(0, keepdim=True) + eps) if by_std else a).reshape(-1)
+
+
+def ga_always_std(r, G, by_std, eps):
+    return group_advantages(r, G, True, eps)
+
+
+def ga_eps_in_sqrt(r, G, by_std, eps):
+    g = r.view(-1, G)
+    a = g - g.mean(1, keepdim=True)
+    return (a / (g.var(1, keepdim=True) + eps).sqrt() if by_std else a).reshape(-1)
+
+
+def _grpo_with(**kw):
+    def loss(logp, old, ref, adv, mask, eps, beta, loss_type, max_len):
+        ratio = torch.exp(logp - old)
+        A = adv[:, None]
+        pick = torch.maximum if kw.get("max") else torch.minimum
+        per = -pick(ratio * A, ratio.clamp(1 - eps, 1 + eps) * A)
+        kl = (logp - ref) if kw.get("k1") else torch.exp(ref - logp) - (ref - logp) - 1
+        per = per + (-beta if kw.get("minus_kl") else beta) * kl
+        m = mask.to(per.dtype)
+        how = kw.get("always", loss_type)
+        if kw.get("unmasked"):
+            return per.mean()
+        if how == "grpo":
+            return ((per * m).sum(1) / m.sum(1)).mean()
+        if how == "bnpo":
+            return (per * m).sum() / m.sum()
+        return (per * m).sum() / (logp.size(0) * max_len)
+    return loss
+
+
+def grpo_max(*a):
+    return _grpo_with(max=True)(*a)
+
+
+def grpo_k1(*a):
+    return _grpo_with(k1=True)(*a)
+
+
+def grpo_kl_subtracted(*a):
+    return _grpo_with(minus_kl=True)(*a)
+
+
+def grpo_always_token_mean(*a):
+    return _grpo_with(always="bnpo")(*a)
+
+
+def grpo_unmasked(*a):
+    return _grpo_with(unmasked=True)(*a)
+
+
+def ppo_not_whitened(*a):
+    return ppo_update(*a, whiten_adv=False)
+
+
+def ppo_no_kl_in_reward(*a):
+    return ppo_update(*a, kl=False)
+
+
+def ppo_no_value_loss(*a):
+    return ppo_update(*a, vf=False)
+
+
+def ppo_no_grad_clip(*a):
+    return ppo_update(*a, clip=False)
+
+
+def ppo_one_order(*a):
+    return ppo_update(*a, reshuffle=False)
+
+
+def ppo_no_zero_grad(*a):
+    return ppo_update(*a, zero_grad=False)
+
+
+def ppo_unclipped_value_loss(*a):
+    return ppo_update(*a, value_clip=False)
+
+
+def dpo_step_swapped(*a):
+    return dpo_step(*a, swap=True)
+
+
+def dpo_step_averaged(*a):
+    return dpo_step(*a, average=True)
+
+
+def dpo_step_no_zero_grad(*a):
+    return dpo_step(*a, zero_grad=False)
+
+
+def dpo_step_ref_is_policy(*a):
+    return dpo_step(*a, use_ref=False)
+
+
+def dpo_step_ref_gets_grads(*a):
+    return dpo_step(*a, ref_no_grad=False)
+
+
+NEW_MUTANTS = [
+    (checks.check_group_advantages, ga_biased_std, "biased"),
+    (checks.check_group_advantages, ga_whole_batch, "whole batch"),
+    (checks.check_group_advantages, ga_strided, "consecutive"),
+    (checks.check_group_advantages, ga_always_std, "normalize_by_std is ignored"),
+    (checks.check_group_advantages, ga_eps_in_sqrt, "eps goes after"),
+    (checks.check_grpo_loss, grpo_max, "max instead of min"),
+    (checks.check_grpo_loss, grpo_k1, "k1"),
+    (checks.check_grpo_loss, grpo_kl_subtracted, "subtracted"),
+    (checks.check_grpo_loss, grpo_always_token_mean, "aggregation"),
+    (checks.check_grpo_loss, grpo_unmasked, "padding is averaged in"),
+    (checks.check_ppo_update, ppo_not_whitened, "not whitened"),
+    (checks.check_ppo_update, ppo_no_kl_in_reward, "KL penalty is missing"),
+    (checks.check_ppo_update, ppo_no_value_loss, "value loss is missing"),
+    (checks.check_ppo_update, ppo_no_grad_clip, "not clipped"),
+    (checks.check_ppo_update, ppo_one_order, "new order"),
+    (checks.check_ppo_update, ppo_no_zero_grad, "not cleared"),
+    (checks.check_ppo_update, ppo_unclipped_value_loss, None),
+    (checks.check_dpo_step, dpo_step_swapped, "swapped"),
+    (checks.check_dpo_step, dpo_step_averaged, "averaged"),
+    (checks.check_dpo_step, dpo_step_no_zero_grad, "not cleared"),
+    (checks.check_dpo_step, dpo_step_ref_is_policy, "come from the policy"),
+    (checks.check_dpo_step, dpo_step_ref_gets_grads, "received gradients"),
+]
+
+
+
+@pytest.mark.parametrize("check,mutant,named", NEW_MUTANTS, ids=mutant_ids(NEW_MUTANTS))
+def test_plausible_bug_in_grpo_and_the_capstones_fails_and_is_named(check, mutant, named, capsys):
+    assert_mutant_fails(check, mutant, named, capsys)
+
+
+NEW_SHORTCUTS = [
+    (checks.check_group_advantages, lambda r, G, s, e: __import__("plmkit.align.policy_gradient", fromlist=["x"])
+     .group_normalized_advantages(r, G, s, e)),
+    (checks.check_grpo_loss, lambda *a: __import__("plmkit.align.policy_gradient", fromlist=["x"]).grpo_loss(*a)),
+    (checks.check_ppo_update, pppo.update_from_rollout),
+    (checks.check_dpo_step, pdpo.dpo_update),
+]
+
+
+@pytest.mark.parametrize("check,shortcut", NEW_SHORTCUTS, ids=[c.name for c, _ in NEW_SHORTCUTS])
+def test_new_references_are_refused(check, shortcut, capsys):
+    assert_refused(check, shortcut, capsys)
+
+
+def test_trl_is_refused_in_the_grpo_loss(capsys):
+    from trl.trainer.utils import selective_log_softmax
+
+    def with_trl(logp, old, ref, adv, mask, eps, beta, loss_type, max_len):
+        selective_log_softmax(torch.zeros(1, 1, 2), torch.zeros(1, 1, dtype=torch.long))
+        return grpo_loss(logp, old, ref, adv, mask, eps, beta, loss_type, max_len)
+    assert_refused(checks.check_grpo_loss, with_trl, capsys, named="TRL")

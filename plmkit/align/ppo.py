@@ -51,7 +51,8 @@ from ..generate import generate
 
 __all__ = ["PPOConfig", "PolicyWithValue", "token_logprobs", "kl_estimate", "shaped_rewards", "gae",
            "masked_mean", "whiten", "clipped_policy_loss", "clipped_value_loss", "AdaptiveKLController",
-           "response_mask", "rollout", "ppo_update", "train_ppo", "best_of_n_kl"]
+           "response_mask", "sample_rollout", "credit", "rollout", "ppo_update", "update_from_rollout", "train_ppo",
+           "best_of_n_kl"]
 
 ESTIMATORS = ("k1", "k3")
 
@@ -269,13 +270,13 @@ def _response_stats(model: nn.Module, sequences: torch.Tensor, P: int, temperatu
 
 
 @torch.no_grad()
-def rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: PPOConfig,
-            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Sample one response per prompt (B, P) and compute everything a PPO update needs.
+def sample_rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: PPOConfig,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Sample one response per prompt (B, P) and record what the update needs, before any credit assignment.
 
     reward_fn(responses (B, N), mask (B, N), prompts (B, P)) -> scores (B,). Prompts share one length P
-    (no padding).
-    Returns sequences, mask, logp, ref_logp, values, scores, rewards, advantages, returns.
+    (no padding). Returns sequences (B, T), prompt_length P, mask, logp, ref_logp, values (B, N),
+    scores (B,) and the sequence KL (B,) (k1 summed over tokens, for logging).
     """
     if prompts.ndim != 2:
         raise ValueError(f"prompts must be a (B, P) tensor of equal-length prompts, got {tuple(prompts.shape)}")
@@ -291,20 +292,39 @@ def rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, rewa
     ref_logp, _ = _response_stats(ref, sequences, P, config.temperature)
     policy.train(was_training)
     scores = reward_fn(responses, mask, prompts).to(logp.dtype)                         # (B,)
-    rewards = shaped_rewards(scores, logp, ref_logp, mask, config.kl_coef, config.kl_estimator)
-    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
     return {"sequences": sequences, "prompt_length": P, "mask": mask, "logp": logp, "ref_logp": ref_logp,
-            "values": values * mask, "scores": scores, "rewards": rewards,
-            "advantages": whiten(advantages, mask), "returns": returns,
-            "kl": ((logp - ref_logp) * mask).sum(dim=1)}                                 # (B,) sequence KL (k1)
+            "values": values * mask, "scores": scores, "kl": ((logp - ref_logp) * mask).sum(dim=1)}
+
+
+@torch.no_grad()
+def credit(sampled: dict, config: PPOConfig) -> dict[str, torch.Tensor]:
+    """Shaped rewards (KL in the reward), GAE, and advantages whitened over the batch: the rollout plus
+    ``rewards``, ``advantages`` and ``returns`` (B, N)."""
+    rewards = shaped_rewards(sampled["scores"], sampled["logp"], sampled["ref_logp"], sampled["mask"],
+                             config.kl_coef, config.kl_estimator)
+    advantages, returns = gae(rewards, sampled["values"], sampled["mask"], config.gamma, config.lam)
+    return {**sampled, "rewards": rewards, "advantages": whiten(advantages, sampled["mask"]), "returns": returns}
+
+
+def rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: PPOConfig,
+            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """:func:`sample_rollout` then :func:`credit`: everything :func:`ppo_update` needs."""
+    return credit(sample_rollout(policy, ref, prompts, reward_fn, config, generator), config)
 
 
 def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: dict, config: PPOConfig,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """ppo_epochs passes of shuffled minibatches over one rollout; returns mean losses and statistics."""
+    """ppo_epochs passes of shuffled minibatches over one credited rollout; returns mean losses and statistics,
+    and ``losses``, the list of each minibatch's loss.
+
+    Each epoch draws ``torch.randperm(B, generator=generator)`` once and cuts it into minibatches of
+    B // num_minibatches rows; each minibatch: forward, clipped policy loss + vf_coef x clipped value
+    loss, zero_grad, backward, gradient norm clipped to max_grad_norm, step.
+    """
     B, P = batch["sequences"].size(0), batch["prompt_length"]
     size = max(1, B // config.num_minibatches)
-    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [],
+                                     "loss": []}
     policy.train()
     for _ in range(config.ppo_epochs):
         order = torch.randperm(B, generator=generator)
@@ -321,13 +341,21 @@ def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch:
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
-            for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), *pg_stats.items()):
+            for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("loss", loss), *pg_stats.items()):
                 stats[k].append(float(v.detach()))
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+    return {**{k: sum(v) / len(v) for k, v in stats.items()}, "losses": stats["loss"]}
+
+
+def update_from_rollout(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, sampled: dict,
+                        config: PPOConfig, generator: torch.Generator | None = None) -> dict[str, float]:
+    """One PPO iteration's learning from a :func:`sample_rollout`: :func:`credit`, then :func:`ppo_update`
+    (chapter 8's capstone 8.11 writes this)."""
+    return ppo_update(policy, optimizer, credit(sampled, config), config, generator)
 
 
 def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, config: PPOConfig, updates: int,
-              batch_size: int = 64, log_every: int = 10, eval_fn=None, seed: int = 0) -> list[dict]:
+              batch_size: int = 64, log_every: int = 10, eval_fn=None, seed: int = 0,
+              update_fn=update_from_rollout) -> list[dict]:
     """Run `updates` PPO iterations; every `log_every` (and at 0 and the end) log a dict with the
     update number, the mean score, the mean sequence KL(pi || pi_ref) (k1 summed over tokens),
     kl_coef, and eval_fn(responses, mask) -> dict of extra numbers (e.g. the true reward).
@@ -335,6 +363,7 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
     prompt_fn(batch_size, generator) -> (B, P) prompts; reward_fn as in :func:`rollout`. The reference
     must be a separate, frozen model: nothing of it is updated here. With ``config.target_kl`` set, the
     adaptive controller updates ``config.kl_coef`` in place after every rollout.
+    ``update_fn(policy, optimizer, sampled, config, generator)`` learns from one :func:`sample_rollout`.
     """
     if not isinstance(updates, int) or updates < 0:
         raise ValueError(f"updates must be an int >= 0, got {updates!r}")
@@ -349,7 +378,7 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
         p.requires_grad_(False)
     history = []
     for step in range(updates + 1):
-        batch = rollout(policy, ref, prompt_fn(batch_size, g), reward_fn, config, g)
+        batch = sample_rollout(policy, ref, prompt_fn(batch_size, g), reward_fn, config, g)
         if step % log_every == 0 or step == updates:
             row = {"update": step, "score": float(batch["scores"].mean()), "kl": float(batch["kl"].mean()),
                    "kl_coef": config.kl_coef, "length": float(batch["mask"].sum(1).float().mean())}
@@ -358,7 +387,7 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
             history.append(row)
         if step == updates:
             break
-        ppo_update(policy, optimizer, batch, config, g)
+        update_fn(policy, optimizer, batch, config, g)
         if controller is not None:
             config.kl_coef = controller.update(float(batch["kl"].mean()), batch_size)
     return history

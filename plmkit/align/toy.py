@@ -38,7 +38,8 @@ from . import reward as _reward
 
 __all__ = ["WORDS", "PAD", "BOS", "EOS", "POSITIVE", "NEGATIVE", "NEUTRAL", "MAX_NEW", "PROMPT_LEN", "decode",
            "true_reward", "prompts", "natural_responses", "policy_config", "train_sft", "sample",
-           "preference_pairs", "train_reward_model", "reward_fn", "train_dpo", "best_of_n", "evaluate"]
+           "preference_pairs", "train_reward_model", "reward_fn", "train_dpo", "best_of_n", "evaluate",
+           "reward_by_length"]
 
 SPECIAL = ["<pad>", "<s>", "</s>"]
 POSITIVE_WORDS = ["good", "great", "fine", "nice", "happy", "kind"]
@@ -214,8 +215,11 @@ def reward_fn(model: _reward.RewardModel):
 
 
 def train_dpo(init: Llama, pairs: dict, beta: float = 0.1, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
-              loss_type: str = "sigmoid", seed: int = 0) -> Llama:
-    """DPO from `init` (also the frozen reference) on the preference pairs."""
+              loss_type: str = "sigmoid", seed: int = 0, step_fn=None) -> Llama:
+    """DPO from `init` (also the frozen reference) on the preference pairs.
+
+    step_fn(policy, ref, optimizer, batch, beta) -> loss, one optimiser step (default: plmkit's, with
+    `loss_type`); chapter 8 passes the learner's capstone here."""
     torch.manual_seed(seed)
     policy, ref = copy.deepcopy(init).train(), copy.deepcopy(init).eval()
     for p in ref.parameters():
@@ -228,6 +232,9 @@ def train_dpo(init: Llama, pairs: dict, beta: float = 0.1, epochs: int = 2, batc
             idx = order[s:s + batch_size]
             batch = _dpo.preference_batch([pairs["prompts"][i] for i in idx], [pairs["chosen"][i] for i in idx],
                                           [pairs["rejected"][i] for i in idx], PAD)
+            if step_fn is not None:
+                step_fn(policy, ref, opt, batch, beta)
+                continue
             loss, _ = _dpo.dpo_step(policy, ref, batch, beta, loss_type)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -253,18 +260,31 @@ def evaluate(policy: Llama, ref: Llama, n: int = 512, seed: int = 1234) -> dict:
     resp, mask = sample(policy, p, g)
     kl, r = _kl_and_true(policy, ref, p, resp, mask)
     return {"true_reward": float(r.mean()), "kl": float(kl.mean()), "length": float(mask.sum(1).float().mean()),
-            "samples": [decode(x) for x in resp[:4]]}
+            "by_length": reward_by_length(r, mask), "samples": [decode(x) for x in resp[:4]]}
+
+
+def reward_by_length(r: torch.Tensor, mask: torch.Tensor) -> dict[str, list[float]]:
+    """True rewards (B,) grouped by response length in tokens (</s> included): {"L": [count, mean r*]}.
+
+    r* counts words, so it can be bought with length; comparing policies at one length removes that.
+
+    >>> reward_by_length(torch.tensor([1.0, 3.0, 0.0]), torch.tensor([[1, 1, 0], [1, 1, 0], [1, 0, 0]]))
+    {'1': [1, 0.0], '2': [2, 2.0]}
+    """
+    lengths = mask.sum(1)
+    return {str(L): [int((lengths == L).sum()), float(r[lengths == L].mean())] for L in sorted(set(lengths.tolist()))}
 
 
 @torch.no_grad()
 def best_of_n(policy: Llama, score_fn, N: int, n: int = 256, seed: int = 1234) -> dict:
     """Best-of-N: N samples per prompt, keep the one score_fn(responses, mask, prompts) likes best.
-    KL is analytic, log N - (N-1)/N."""
+    Its KL is not measured: log N - (N-1)/N is the analytic value, an upper bound (Beirami et al. 2024)."""
     g = torch.Generator().manual_seed(seed)
     p = prompts(n, g).repeat_interleave(N, dim=0)
     resp, mask = sample(policy, p, g)
     s = score_fn(resp, mask, p).view(n, N)
     best = s.argmax(dim=1) + torch.arange(n) * N
     r = true_reward(resp[best], mask[best])
-    return {"true_reward": float(r.mean()), "kl": _ppo.best_of_n_kl(N), "N": N,
+    return {"true_reward": float(r.mean()), "kl": _ppo.best_of_n_kl(N), "kl_is": "analytic upper bound", "N": N,
+            "length": float(mask[best].sum(1).float().mean()), "by_length": reward_by_length(r, mask[best]),
             "samples": [decode(x) for x in resp[best][:4]]}

@@ -182,8 +182,7 @@ def test_the_checks_catch_what_they_are_for():
 # ---------------------------------------------------------------- static widgets switch without a kernel
 
 # The pages whose widget text promises an interaction, and the control to use (plmkit.viz.precomputed_choice).
-# Chapter 8 ("solutions/08_alignment": "select") joins once its section-8 selector is a precomputed_choice.
-STATIC_WIDGETS = {"solutions/00_warmup": "slider", "solutions/07_sft": "select"}
+STATIC_WIDGETS = {"solutions/00_warmup": "slider", "solutions/07_sft": "select", "solutions/08_alignment": "select"}
 
 SHOWN = r"""
 (i) => {                 // what the i-th precomputed widget shows now: its control's value and its page

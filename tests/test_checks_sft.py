@@ -96,6 +96,33 @@ def exact_match_score(generations, answers, end_id):
     return hits / len(answers)
 
 
+def _collate(mb, pad_id, pad_label=-100):
+    T = max(len(ids) for ids, _ in mb)
+    input_ids = torch.full((len(mb), T), pad_id)
+    labels = torch.full((len(mb), T), pad_label)
+    attention_mask = torch.zeros(len(mb), T, dtype=torch.long)
+    for b, (ids, lab) in enumerate(mb):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        labels[b, :len(ids)] = torch.tensor(lab)
+        attention_mask[b, :len(ids)] = 1
+    return input_ids, labels, attention_mask
+
+
+def sft_step(model, optimizer, micro_batches, pad_id):
+    padded = [_collate(mb, pad_id) for mb in micro_batches]
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in padded)
+    total = 0.0
+    for input_ids, labels, attention_mask in padded:
+        logits = model(input_ids, attention_mask=attention_mask)
+        summed = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+        (summed / n).backward()
+        total += summed.item()
+    optimizer.step()
+    optimizer.zero_grad()
+    return total / n
+
+
 CASES = [
     (checks.check_render_chat, render_chat),
     (checks.check_response_labels, response_labels),
@@ -103,6 +130,7 @@ CASES = [
     (checks.check_pack_two, pack_two),
     (checks.check_lora_linear, LoRALinear),
     (checks.check_exact_match, exact_match_score),
+    (checks.check_sft_step, sft_step),
 ]
 
 
@@ -155,10 +183,13 @@ def _lora_shortcut(base, r, alpha):
     (checks.check_pack_two, lambda a, b: plmkit_sft.pack([(a, a), (b, b)], len(a) + len(b), 0) and pack_two(a, b)),
     (checks.check_lora_linear, plmkit_lora.LoRALinear),
     (checks.check_lora_linear, _lora_shortcut),
+    (checks.check_sft_step, plmkit_sft.sft_step),
+    (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.sft_step(m, o, mbs, pad)),
+    (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.pad_batch(mbs[0], pad) and sft_step(m, o, mbs, pad)),
     (checks.check_exact_match, lambda gens, answers, end: plmkit_sft.exact_match(
         [" ".join(map(str, plmkit_sft.extract_answer(g, end))) for g in gens], [" ".join(map(str, a)) for a in answers])),
 ], ids=["render", "render-partial", "render-segments", "encode", "sft_loss", "F.cross_entropy", "build_mask",
-        "pack", "LoRALinear", "LoRA-wrapper", "exact_match"])
+        "pack", "LoRALinear", "LoRA-wrapper", "sft_step", "sft_step-wrapper", "pad_batch", "exact_match"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
     assert_refused(check, shortcut, capsys)
 
@@ -314,6 +345,47 @@ def em_count(generations, answers, end_id):
     return float(sum(exact_match_score([g], [a], end_id) for g, a in zip(generations, answers)))
 
 
+def _buggy_step(bug):
+    """sft_step with one likely bug (the names are the likely-bugs table of Exercise 7.7)."""
+    def step(model, optimizer, micro_batches, pad_id):
+        padded = []
+        for mb in micro_batches:
+            input_ids, labels, mask = _collate(mb, pad_id, pad_id if bug == "padding_counted" else -100)
+            if bug == "prompt_in_loss":
+                labels = input_ids.masked_fill(mask == 0, -100)
+            padded.append((input_ids, labels, mask))
+        shift = 0 if bug == "not_shifted" else 1
+        n = sum(int((labels[:, shift:] != -100).sum()) for _, labels, _ in padded)
+        if bug == "minus_100_kept":
+            n = sum(labels[:, 1:].numel() for _, labels, _ in padded)
+        total = 0.0
+        for input_ids, labels, attention_mask in padded:
+            logits = model(input_ids, attention_mask=attention_mask)
+            V = logits.shape[-1]
+            pred, target = (logits, labels) if bug == "not_shifted" else (logits[:, :-1], labels[:, 1:])
+            if bug == "minus_100_kept":
+                logp = torch.log_softmax(pred, dim=-1)
+                summed = -logp.gather(-1, target.clamp(min=0)[..., None]).sum()
+            else:
+                summed = F.cross_entropy(pred.reshape(-1, V), target.reshape(-1), ignore_index=-100, reduction="sum")
+            if bug == "mean_of_means":
+                loss = summed / int((target != -100).sum()) / len(padded)
+            elif bug == "constant":                            # CS336's normalize_constant = 1, / accumulation steps
+                loss = summed / len(padded)
+            else:
+                loss = summed / n
+            loss.backward()
+            total += loss.item()
+        if bug != "no_zero_grad":
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            optimizer.step()
+        return total                        # the sum of what each micro-batch back-propagated
+    step.__name__ = f"step_{bug}"
+    return step
+
+
 MUTANTS = [
     (checks.check_render_chat, render_no_newline_after_end, "newline"),
     (checks.check_render_chat, render_always_prompt, "add_generation_prompt"),
@@ -340,6 +412,13 @@ MUTANTS = [
     (checks.check_exact_match, em_whole, "cut each generation"),
     (checks.check_exact_match, em_last_end, None),
     (checks.check_exact_match, em_count, None),
+    (checks.check_sft_step, _buggy_step("mean_of_means"), "mean of the micro-batch means"),
+    (checks.check_sft_step, _buggy_step("constant"), "divided by a constant"),
+    (checks.check_sft_step, _buggy_step("not_shifted"), "labels not shifted"),
+    (checks.check_sft_step, _buggy_step("padding_counted"), "padding counted"),
+    (checks.check_sft_step, _buggy_step("prompt_in_loss"), "prompt tokens in the loss"),
+    (checks.check_sft_step, _buggy_step("minus_100_kept"), "-100 not ignored"),
+    (checks.check_sft_step, _buggy_step("no_zero_grad"), "zero_grad"),
 ]
 
 
@@ -349,4 +428,4 @@ def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
 
 
 def test_every_exercise_has_three_mutants():
-    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=6)
+    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=7)

@@ -413,3 +413,124 @@ def _em_judge(r, cases, results):
                for got, (gens, answers) in zip(got_all, cases)):
             r.failures[first_failure] += f" ({name})"
             break
+
+
+# ----------------------------------------------------------------------------- 7.7
+
+check_sft_step = Exercise(
+    "7.7", "sft_step", goal="collates, normalises over the whole step and updates the model itself",
+    forbid=[Rule("plmkit's `sft.sft_step` / `pad_batch` / `sft_loss` / `sft_loss_fn` / `train.Trainer`",
+                 [_sft.sft_step, _sft.pad_batch, _sft.sft_loss, _sft.sft_loss_fn, _train.Trainer])])
+
+STEP_V, STEP_PAD, STEP_LR = 23, 0, 0.5
+
+
+def _step_model(seed: int):
+    """A tiny Llama with weights large enough that token losses differ (so weightings are told apart)."""
+    from ..models import Llama, LlamaConfig
+    cfg = LlamaConfig(vocab_size=STEP_V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Llama(cfg)
+        with torch.no_grad():
+            for name, q in model.named_parameters():
+                if q.ndim == 2:
+                    q.normal_(0.0, 0.5)
+    return model
+
+
+def _step_example(g, prompt_len: int, response_len: int) -> tuple[list[int], list[int]]:
+    prompt, response = g.ints(prompt_len, 1, STEP_V), g.ints(response_len, 1, STEP_V)   # never the pad id 0
+    return prompt + response, [IGNORE] * prompt_len + response
+
+
+@check_sft_step.cases
+def _step_cases(g):
+    """Two consecutive steps on one model; micro-batches of uneven sizes and response lengths."""
+    step1 = [[_step_example(g, 2, 1)],                                            # 1 response token
+             [_step_example(g, 3, 6), _step_example(g, 1, 3), _step_example(g, 4, 5)]]
+    step2 = [[_step_example(g, 5, 2), _step_example(g, 2, 7)], [_step_example(g, 3, 1)],
+             [_step_example(g, 1, 4)]]
+    return {"seed": g.int(0, 10_000), "steps": [step1, step2]}
+
+
+@check_sft_step.probe
+def _step_probe(p, sft_step, cases):
+    model = _step_model(cases["seed"])
+    opt = torch.optim.SGD(model.parameters(), lr=STEP_LR)
+    out = []
+    for micro in cases["steps"]:
+        rec = p.call(sft_step, model, opt, micro, STEP_PAD)
+        rec["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out.append(rec)
+    return out
+
+
+def _step_variants(model, micro) -> dict[str, float]:
+    """The step loss under each likely bug, on the model before the step (trusted side)."""
+    sums, counts, unshifted, pad_sums, pad_counts, prompt_sums, prompt_counts, all_sums, all_counts = \
+        ([] for _ in range(9))
+    with torch.no_grad():
+        for mb in micro:
+            b = _sft.pad_batch(mb, STEP_PAD)
+            logits = model(b["input_ids"], attention_mask=b["attention_mask"])          # (B, T, V)
+            lab, ids = b["labels"], b["input_ids"]
+            V = logits.shape[-1]
+            tok = _sft.sft_loss(logits, lab, reduction="none")
+            sums.append(float(tok.sum()))
+            counts.append(int((lab[:, 1:] != IGNORE).sum()))
+            unshifted.append(float(F.cross_entropy(logits.reshape(-1, V), lab.reshape(-1), reduction="sum")))
+            padded = lab.masked_fill(b["attention_mask"] == 0, STEP_PAD)                   # labels on padding
+            pad_sums.append(float(_sft.sft_loss(logits, padded, reduction="none").sum()))
+            pad_counts.append(int((padded[:, 1:] != IGNORE).sum()))
+            every = ids.masked_fill(b["attention_mask"] == 0, IGNORE)                      # prompt too
+            prompt_sums.append(float(_sft.sft_loss(logits, every, reduction="none").sum()))
+            prompt_counts.append(int((every[:, 1:] != IGNORE).sum()))
+            zero = lab.clamp(min=0)                                                        # -100 read as id 0
+            all_sums.append(float(_sft.sft_loss(logits, zero, reduction="none").sum()))
+            all_counts.append(zero[:, 1:].numel())
+    n, k = sum(counts), len(micro)
+    n_unshifted = sum(int((_sft.pad_batch(mb, STEP_PAD)["labels"] != IGNORE).sum()) for mb in micro)
+    return {
+        "the mean of the micro-batch means over-weights micro-batches with few response tokens: divide the "
+        "summed token losses by the response tokens of the WHOLE step": sum(s / c for s, c in zip(sums, counts)) / k,
+        "divided by a constant (the number of micro-batches), not by the step's response tokens":
+            sum(sums) / k,
+        "the summed loss was not divided by the step's response tokens": sum(sums),
+        "labels not shifted: logits at t are scored on labels at t + 1": sum(unshifted) / n_unshifted,
+        "padding counted: padded positions must carry the label -100": sum(pad_sums) / sum(pad_counts),
+        "prompt tokens in the loss: the labels are -100 outside the responses (use the given labels)":
+            sum(prompt_sums) / sum(prompt_counts),
+        "-100 not ignored: positions labelled -100 carry no loss and are not counted": sum(all_sums) / sum(all_counts),
+    }
+
+
+@check_sft_step.judge
+def _step_judge(r, cases, results):
+    model = _step_model(cases["seed"])
+    opt = torch.optim.SGD(model.parameters(), lr=STEP_LR)
+    for i, (micro, rec) in enumerate(zip(cases["steps"], results)):
+        sizes = [len(mb) for mb in micro]
+        tokens = [sum(sum(t != IGNORE for t in lab[1:]) for _, lab in mb) for mb in micro]
+        what = (f"sft_step, optimizer step {i + 1}: {len(micro)} micro-batches of {sizes} examples with "
+                f"{tokens} response tokens")
+        variants = _step_variants(model, micro)
+        want = _sft.sft_step(model, opt, micro, STEP_PAD)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        got = r.value(rec, what, float)
+        if got is None:
+            if rec.get("value") is not None and not rec.get("raised"):
+                r.failures[-1] += " (return the step's loss as a Python float)"
+        elif not r.check(abs(got - want) <= 1e-4 * max(1.0, abs(want)),
+                         f"{what}: the loss should be {want:.6f} (summed token losses / response tokens of the "
+                         f"whole step), got {got:.6f}"):
+            name = next((n for n, v in variants.items() if abs(got - v) <= 1e-4 * max(1.0, abs(v))), "")
+            if name:
+                r.failures[-1] += f" ({name})"
+        bad = [k for k in state if not torch.allclose(rec["state"][k], state[k], atol=1e-5, rtol=1e-4)]
+        r.check(not bad, f"{what}: after the step the weights differ from one SGD step on the whole step's loss, e.g. "
+                         f"in {bad[:3]}" + (" (back-propagate every micro-batch, then one optimizer.step() and "
+                                            "zero_grad() per call)" if bad and got is not None and
+                                            abs(got - want) <= 1e-4 * max(1.0, abs(want)) else ""))
+        r.unchanged(rec, what)

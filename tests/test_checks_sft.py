@@ -37,6 +37,15 @@ def render_chat(messages, add_generation_prompt=False):
     return text
 
 
+def encode_untrusted(tokenizer, text):
+    unk = tokenizer.token_to_id("<unk>")
+    ids = []
+    for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text):      # no special-token match first
+        i = tokenizer.token_to_id(piece)
+        ids.append(unk if i is None else i)
+    return ids
+
+
 def response_labels(input_ids, assistant_id, end_id):
     labels, inside = [], False
     for t in input_ids:
@@ -125,6 +134,7 @@ def sft_step(model, optimizer, micro_batches, pad_id):
 
 CASES = [
     (checks.check_render_chat, render_chat),
+    (checks.check_encode_untrusted, encode_untrusted),
     (checks.check_response_labels, response_labels),
     (checks.check_masked_lm_loss, masked_lm_loss),
     (checks.check_pack_two, pack_two),
@@ -169,11 +179,54 @@ def _lora_shortcut(base, r, alpha):
     return plmkit_lora.LoRALinear(base, r, alpha)
 
 
+def _split_special_shortcut(tok, text):
+    from tokenizers import Tokenizer
+    plain = Tokenizer.from_str(tok.to_str())
+    plain.encode_special_tokens = True
+    return plain.encode(text, add_special_tokens=False).ids
+
+
+def _hf_split_special_shortcut(tok, text):
+    return plmkit_chat.hf_tokenizer(tok)(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
+_SPECIAL_RE = "(" + "|".join(map(__import__("re").escape, plmkit_chat.SPECIAL_TOKENS)) + ")"
+
+
+def untrusted_specials_kept(tokenizer, text):
+    import re
+    ids = []
+    for part in re.split(_SPECIAL_RE, text):
+        ids += [tokenizer.token_to_id(part)] if part in plmkit_chat.SPECIAL_TOKENS else encode_untrusted(tokenizer, part)
+    return ids
+
+
+def untrusted_specials_deleted(tokenizer, text):
+    import re
+    return encode_untrusted(tokenizer, re.sub(_SPECIAL_RE, " ", text))
+
+
+def untrusted_one_unk_each(tokenizer, text):
+    import re
+    ids = []
+    for part in re.split(_SPECIAL_RE, text):
+        ids += [tokenizer.token_to_id("<unk>")] if part in plmkit_chat.SPECIAL_TOKENS else encode_untrusted(tokenizer, part)
+    return ids
+
+
+def untrusted_unknown_dropped(tokenizer, text):
+    return [i for i in (tokenizer.token_to_id(p) for p, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text))
+            if i is not None]
+
+
 @pytest.mark.parametrize("check,shortcut", [
     (checks.check_render_chat, plmkit_chat.render),
     (checks.check_render_chat, functools.partial(plmkit_chat.render)),
     (checks.check_render_chat, lambda m, add_generation_prompt=False: "".join(
         t for t, _ in plmkit_chat.render_segments(m, add_generation_prompt))),
+    (checks.check_encode_untrusted, lambda tok, text: tok.encode(text, add_special_tokens=False).ids),
+    (checks.check_encode_untrusted, _split_special_shortcut),
+    (checks.check_encode_untrusted, _hf_split_special_shortcut),
     (checks.check_response_labels, _segments_labels),
     (checks.check_masked_lm_loss, plmkit_sft.sft_loss),
     (checks.check_masked_lm_loss, lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]),
@@ -188,7 +241,8 @@ def _lora_shortcut(base, r, alpha):
     (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.pad_batch(mbs[0], pad) and sft_step(m, o, mbs, pad)),
     (checks.check_exact_match, lambda gens, answers, end: plmkit_sft.exact_match(
         [" ".join(map(str, plmkit_sft.extract_answer(g, end))) for g in gens], [" ".join(map(str, a)) for a in answers])),
-], ids=["render", "render-partial", "render-segments", "encode", "sft_loss", "F.cross_entropy", "build_mask",
+], ids=["render", "render-partial", "render-segments", "Tokenizer.encode", "encode_special_tokens",
+        "split_special_tokens", "encode", "sft_loss", "F.cross_entropy", "build_mask",
         "pack", "LoRALinear", "LoRA-wrapper", "sft_step", "sft_step-wrapper", "pad_batch", "exact_match"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
     assert_refused(check, shortcut, capsys)
@@ -346,7 +400,7 @@ def em_count(generations, answers, end_id):
 
 
 def _buggy_step(bug):
-    """sft_step with one likely bug (the names are the likely-bugs table of Exercise 7.7)."""
+    """sft_step with one likely bug (the names are the likely-bugs table of Exercise 7.8)."""
     def step(model, optimizer, micro_batches, pad_id):
         padded = []
         for mb in micro_batches:
@@ -391,6 +445,10 @@ MUTANTS = [
     (checks.check_render_chat, render_always_prompt, "add_generation_prompt"),
     (checks.check_render_chat, render_no_header_newline, "header"),
     (checks.check_render_chat, render_in_place, "in place"),
+    (checks.check_encode_untrusted, untrusted_specials_kept, "became its special id"),
+    (checks.check_encode_untrusted, untrusted_specials_deleted, "do not delete"),
+    (checks.check_encode_untrusted, untrusted_one_unk_each, "is ordinary text"),
+    (checks.check_encode_untrusted, untrusted_unknown_dropped, None),
     (checks.check_response_labels, labels_with_header, "header is prompt"),
     (checks.check_response_labels, labels_without_end, "<|end|> token must carry loss"),
     (checks.check_response_labels, labels_last_turn_only, "not only the last one"),
@@ -428,4 +486,33 @@ def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
 
 
 def test_every_exercise_has_three_mutants():
-    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=7)
+    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=8)
+
+
+# ---------------------------------------------------------------- plmkit's sft_step against outside references
+def test_plmkit_sft_step_is_one_big_batch_and_hf_num_items_in_batch_loss():
+    """sft.sft_step over uneven micro-batches = one SGD step on all examples in one batch, and its loss is
+    transformers' ForCausalLMLoss with num_items_in_batch (the 2024 fix) summed over the micro-batches."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    g = torch.Generator().manual_seed(0)
+
+    def example(prompt, response):
+        ids = torch.randint(1, checks.STEP_V, (prompt + response,), generator=g).tolist()
+        return ids, [-100] * prompt + ids[prompt:]
+
+    micro = [[example(2, 1)], [example(3, 6), example(1, 3), example(4, 5)], [example(2, 2), example(5, 1)]]
+    a, b = checks._step_model(7), checks._step_model(7)
+    n = sum(sum(t != -100 for t in lab[1:]) for mb in micro for _, lab in mb)
+    with torch.no_grad():
+        hf = sum(float(ForCausalLMLoss(a(x["input_ids"], attention_mask=x["attention_mask"]), x["labels"],
+                                       checks.STEP_V, num_items_in_batch=torch.tensor(n)))
+                 for x in (plmkit_sft.pad_batch(mb, 0) for mb in micro))
+        mean_of_means = sum(float(plmkit_sft.sft_loss(a(x["input_ids"]), x["labels"]))
+                            for x in (plmkit_sft.pad_batch(mb, 0) for mb in micro)) / len(micro)
+    loss = plmkit_sft.sft_step(a, torch.optim.SGD(a.parameters(), lr=0.5), micro, 0)
+    whole = plmkit_sft.sft_step(b, torch.optim.SGD(b.parameters(), lr=0.5), [[ex for mb in micro for ex in mb]], 0)
+    assert math.isclose(loss, hf, rel_tol=1e-5) and math.isclose(loss, whole, rel_tol=1e-5)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not math.isclose(mean_of_means, loss, rel_tol=1e-3)     # the cases tell the two normalisations apart

@@ -5,6 +5,8 @@
     rows: padded (pad_batch) or packed (pack: several conversations per row,
           attention and positions reset at each boundary)
     loss: cross-entropy of logits[:, t] against labels[:, t + 1], mean over labelled tokens
+    step: gradient accumulation over padded micro-batches (sft_step): each micro-batch's summed
+          token loss / the response tokens of the WHOLE optimizer step, so the split does not matter
 
 Labels are aligned with ``input_ids`` (Hugging Face's convention); :func:`sft_loss`
 shifts them. ``-100`` marks tokens that carry no loss.

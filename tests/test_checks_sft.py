@@ -179,6 +179,11 @@ def _lora_shortcut(base, r, alpha):
     return plmkit_lora.LoRALinear(base, r, alpha)
 
 
+def _peft_lora_shortcut(base, r, alpha):
+    from peft.tuners.lora.layer import Linear
+    return Linear(base, "default", r=r, lora_alpha=alpha)
+
+
 def _split_special_shortcut(tok, text):
     from tokenizers import Tokenizer
     plain = Tokenizer.from_str(tok.to_str())
@@ -236,6 +241,7 @@ def untrusted_unknown_dropped(tokenizer, text):
     (checks.check_pack_two, lambda a, b: plmkit_sft.pack([(a, a), (b, b)], len(a) + len(b), 0) and pack_two(a, b)),
     (checks.check_lora_linear, plmkit_lora.LoRALinear),
     (checks.check_lora_linear, _lora_shortcut),
+    (checks.check_lora_linear, _peft_lora_shortcut),
     (checks.check_sft_step, plmkit_sft.sft_step),
     (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.sft_step(m, o, mbs, pad)),
     (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.pad_batch(mbs[0], pad) and sft_step(m, o, mbs, pad)),
@@ -243,7 +249,7 @@ def untrusted_unknown_dropped(tokenizer, text):
         [" ".join(map(str, plmkit_sft.extract_answer(g, end))) for g in gens], [" ".join(map(str, a)) for a in answers])),
 ], ids=["render", "render-partial", "render-segments", "Tokenizer.encode", "encode_special_tokens",
         "split_special_tokens", "encode", "sft_loss", "F.cross_entropy", "build_mask",
-        "pack", "LoRALinear", "LoRA-wrapper", "sft_step", "sft_step-wrapper", "pad_batch", "exact_match"])
+        "pack", "LoRALinear", "LoRA-wrapper", "peft-LoRA", "sft_step", "sft_step-wrapper", "pad_batch", "exact_match"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
     assert_refused(check, shortcut, capsys)
 

@@ -354,7 +354,8 @@ def _pack_judge(r, cases, results):
 check_lora_linear = Exercise(
     "7.6", "LoRALinear", goal="writes the LoRA layer itself",
     forbid=[Rule("plmkit's `lora.LoRALinear`", [_lora.LoRALinear, _lora.LoRALinear.forward,
-                                                 _lora.LoRALinear.merge, _lora.LoRALinear.delta_weight])])
+                                                 _lora.LoRALinear.merge, _lora.LoRALinear.delta_weight]),
+            Rule("peft's LoRA layers (`peft`)", [Module("peft")])])
 
 
 @check_lora_linear.cases

@@ -522,3 +522,16 @@ def test_plmkit_sft_step_is_one_big_batch_and_hf_num_items_in_batch_loss():
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
     assert not math.isclose(mean_of_means, loss, rel_tol=1e-3)     # the cases tell the two normalisations apart
+
+
+def test_the_books_own_solutions_pass():
+    """The exercise cells of solutions/07_sft.ipynb (not the copies above) pass their checkers."""
+    from solution_code import solutions
+    ns = solutions("07_sft")
+    for check, name in [(checks.check_render_chat, "render_chat"), (checks.check_encode_untrusted, "encode_untrusted"),
+                        (checks.check_response_labels, "response_labels"),
+                        (checks.check_masked_lm_loss, "masked_lm_loss"), (checks.check_pack_two, "pack_two"),
+                        (checks.check_lora_linear, "LoRALinear"), (checks.check_exact_match, "exact_match_score"),
+                        (checks.check_sft_step, "sft_step")]:
+        verdict = check.honour(ns[name], seed=3)
+        assert verdict, (name, verdict.line)

@@ -176,6 +176,8 @@ def sft_step(model, optimizer, micro_batches: list[list[tuple[list[int], list[in
     """
     if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
         raise ValueError("micro_batches must be a non-empty list of micro-batches (lists of (input_ids, labels))")
+    if not isinstance(pad_id, int) or isinstance(pad_id, bool) or pad_id < 0:
+        raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")
     batches = [pad_batch(mb, pad_id) for mb in micro_batches]            # each (B_k, T_k)
     n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     if n == 0:

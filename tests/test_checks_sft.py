@@ -37,6 +37,15 @@ def render_chat(messages, add_generation_prompt=False):
     return text
 
 
+def encode_untrusted(tokenizer, text):
+    unk = tokenizer.token_to_id("<unk>")
+    ids = []
+    for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text):      # no special-token match first
+        i = tokenizer.token_to_id(piece)
+        ids.append(unk if i is None else i)
+    return ids
+
+
 def response_labels(input_ids, assistant_id, end_id):
     labels, inside = [], False
     for t in input_ids:
@@ -96,13 +105,42 @@ def exact_match_score(generations, answers, end_id):
     return hits / len(answers)
 
 
+def _collate(mb, pad_id, pad_label=-100):
+    T = max(len(ids) for ids, _ in mb)
+    input_ids = torch.full((len(mb), T), pad_id)
+    labels = torch.full((len(mb), T), pad_label)
+    attention_mask = torch.zeros(len(mb), T, dtype=torch.long)
+    for b, (ids, lab) in enumerate(mb):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        labels[b, :len(ids)] = torch.tensor(lab)
+        attention_mask[b, :len(ids)] = 1
+    return input_ids, labels, attention_mask
+
+
+def sft_step(model, optimizer, micro_batches, pad_id):
+    padded = [_collate(mb, pad_id) for mb in micro_batches]
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in padded)
+    total = 0.0
+    for input_ids, labels, attention_mask in padded:
+        logits = model(input_ids, attention_mask=attention_mask)
+        summed = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+        (summed / n).backward()
+        total += summed.item()
+    optimizer.step()
+    optimizer.zero_grad()
+    return total / n
+
+
 CASES = [
     (checks.check_render_chat, render_chat),
+    (checks.check_encode_untrusted, encode_untrusted),
     (checks.check_response_labels, response_labels),
     (checks.check_masked_lm_loss, masked_lm_loss),
     (checks.check_pack_two, pack_two),
     (checks.check_lora_linear, LoRALinear),
     (checks.check_exact_match, exact_match_score),
+    (checks.check_sft_step, sft_step),
 ]
 
 
@@ -141,11 +179,59 @@ def _lora_shortcut(base, r, alpha):
     return plmkit_lora.LoRALinear(base, r, alpha)
 
 
+def _peft_lora_shortcut(base, r, alpha):
+    from peft.tuners.lora.layer import Linear
+    return Linear(base, "default", r=r, lora_alpha=alpha)
+
+
+def _split_special_shortcut(tok, text):
+    from tokenizers import Tokenizer
+    plain = Tokenizer.from_str(tok.to_str())
+    plain.encode_special_tokens = True
+    return plain.encode(text, add_special_tokens=False).ids
+
+
+def _hf_split_special_shortcut(tok, text):
+    return plmkit_chat.hf_tokenizer(tok)(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
+_SPECIAL_RE = "(" + "|".join(map(__import__("re").escape, plmkit_chat.SPECIAL_TOKENS)) + ")"
+
+
+def untrusted_specials_kept(tokenizer, text):
+    import re
+    ids = []
+    for part in re.split(_SPECIAL_RE, text):
+        ids += [tokenizer.token_to_id(part)] if part in plmkit_chat.SPECIAL_TOKENS else encode_untrusted(tokenizer, part)
+    return ids
+
+
+def untrusted_specials_deleted(tokenizer, text):
+    import re
+    return encode_untrusted(tokenizer, re.sub(_SPECIAL_RE, " ", text))
+
+
+def untrusted_one_unk_each(tokenizer, text):
+    import re
+    ids = []
+    for part in re.split(_SPECIAL_RE, text):
+        ids += [tokenizer.token_to_id("<unk>")] if part in plmkit_chat.SPECIAL_TOKENS else encode_untrusted(tokenizer, part)
+    return ids
+
+
+def untrusted_unknown_dropped(tokenizer, text):
+    return [i for i in (tokenizer.token_to_id(p) for p, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text))
+            if i is not None]
+
+
 @pytest.mark.parametrize("check,shortcut", [
     (checks.check_render_chat, plmkit_chat.render),
     (checks.check_render_chat, functools.partial(plmkit_chat.render)),
     (checks.check_render_chat, lambda m, add_generation_prompt=False: "".join(
         t for t, _ in plmkit_chat.render_segments(m, add_generation_prompt))),
+    (checks.check_encode_untrusted, lambda tok, text: tok.encode(text, add_special_tokens=False).ids),
+    (checks.check_encode_untrusted, _split_special_shortcut),
+    (checks.check_encode_untrusted, _hf_split_special_shortcut),
     (checks.check_response_labels, _segments_labels),
     (checks.check_masked_lm_loss, plmkit_sft.sft_loss),
     (checks.check_masked_lm_loss, lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]),
@@ -155,10 +241,15 @@ def _lora_shortcut(base, r, alpha):
     (checks.check_pack_two, lambda a, b: plmkit_sft.pack([(a, a), (b, b)], len(a) + len(b), 0) and pack_two(a, b)),
     (checks.check_lora_linear, plmkit_lora.LoRALinear),
     (checks.check_lora_linear, _lora_shortcut),
+    (checks.check_lora_linear, _peft_lora_shortcut),
+    (checks.check_sft_step, plmkit_sft.sft_step),
+    (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.sft_step(m, o, mbs, pad)),
+    (checks.check_sft_step, lambda m, o, mbs, pad: plmkit_sft.pad_batch(mbs[0], pad) and sft_step(m, o, mbs, pad)),
     (checks.check_exact_match, lambda gens, answers, end: plmkit_sft.exact_match(
         [" ".join(map(str, plmkit_sft.extract_answer(g, end))) for g in gens], [" ".join(map(str, a)) for a in answers])),
-], ids=["render", "render-partial", "render-segments", "encode", "sft_loss", "F.cross_entropy", "build_mask",
-        "pack", "LoRALinear", "LoRA-wrapper", "exact_match"])
+], ids=["render", "render-partial", "render-segments", "Tokenizer.encode", "encode_special_tokens",
+        "split_special_tokens", "encode", "sft_loss", "F.cross_entropy", "build_mask",
+        "pack", "LoRALinear", "LoRA-wrapper", "peft-LoRA", "sft_step", "sft_step-wrapper", "pad_batch", "exact_match"])
 def test_references_and_builtins_are_refused(check, shortcut, capsys):
     assert_refused(check, shortcut, capsys)
 
@@ -314,11 +405,56 @@ def em_count(generations, answers, end_id):
     return float(sum(exact_match_score([g], [a], end_id) for g, a in zip(generations, answers)))
 
 
+def _buggy_step(bug):
+    """sft_step with one likely bug (the names are the likely-bugs table of Exercise 7.8)."""
+    def step(model, optimizer, micro_batches, pad_id):
+        padded = []
+        for mb in micro_batches:
+            input_ids, labels, mask = _collate(mb, pad_id, pad_id if bug == "padding_counted" else -100)
+            if bug == "prompt_in_loss":
+                labels = input_ids.masked_fill(mask == 0, -100)
+            padded.append((input_ids, labels, mask))
+        shift = 0 if bug == "not_shifted" else 1
+        n = sum(int((labels[:, shift:] != -100).sum()) for _, labels, _ in padded)
+        if bug == "minus_100_kept":
+            n = sum(labels[:, 1:].numel() for _, labels, _ in padded)
+        total = 0.0
+        for input_ids, labels, attention_mask in padded:
+            logits = model(input_ids, attention_mask=attention_mask)
+            V = logits.shape[-1]
+            pred, target = (logits, labels) if bug == "not_shifted" else (logits[:, :-1], labels[:, 1:])
+            if bug == "minus_100_kept":
+                logp = torch.log_softmax(pred, dim=-1)
+                summed = -logp.gather(-1, target.clamp(min=0)[..., None]).sum()
+            else:
+                summed = F.cross_entropy(pred.reshape(-1, V), target.reshape(-1), ignore_index=-100, reduction="sum")
+            if bug == "mean_of_means":
+                loss = summed / int((target != -100).sum()) / len(padded)
+            elif bug == "constant":                            # CS336's normalize_constant = 1, / accumulation steps
+                loss = summed / len(padded)
+            else:
+                loss = summed / n
+            loss.backward()
+            total += loss.item()
+        if bug != "no_zero_grad":
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            optimizer.step()
+        return total                        # the sum of what each micro-batch back-propagated
+    step.__name__ = f"step_{bug}"
+    return step
+
+
 MUTANTS = [
     (checks.check_render_chat, render_no_newline_after_end, "newline"),
     (checks.check_render_chat, render_always_prompt, "add_generation_prompt"),
     (checks.check_render_chat, render_no_header_newline, "header"),
     (checks.check_render_chat, render_in_place, "in place"),
+    (checks.check_encode_untrusted, untrusted_specials_kept, "became its special id"),
+    (checks.check_encode_untrusted, untrusted_specials_deleted, "do not delete"),
+    (checks.check_encode_untrusted, untrusted_one_unk_each, "is ordinary text"),
+    (checks.check_encode_untrusted, untrusted_unknown_dropped, None),
     (checks.check_response_labels, labels_with_header, "header is prompt"),
     (checks.check_response_labels, labels_without_end, "<|end|> token must carry loss"),
     (checks.check_response_labels, labels_last_turn_only, "not only the last one"),
@@ -340,6 +476,13 @@ MUTANTS = [
     (checks.check_exact_match, em_whole, "cut each generation"),
     (checks.check_exact_match, em_last_end, None),
     (checks.check_exact_match, em_count, None),
+    (checks.check_sft_step, _buggy_step("mean_of_means"), "mean of the micro-batch means"),
+    (checks.check_sft_step, _buggy_step("constant"), "divided by a constant"),
+    (checks.check_sft_step, _buggy_step("not_shifted"), "labels not shifted"),
+    (checks.check_sft_step, _buggy_step("padding_counted"), "padding counted"),
+    (checks.check_sft_step, _buggy_step("prompt_in_loss"), "prompt tokens in the loss"),
+    (checks.check_sft_step, _buggy_step("minus_100_kept"), "-100 not ignored"),
+    (checks.check_sft_step, _buggy_step("no_zero_grad"), "zero_grad"),
 ]
 
 
@@ -349,4 +492,46 @@ def test_plausible_bug_fails_and_is_named(check, mutant, named, capsys):
 
 
 def test_every_exercise_has_three_mutants():
-    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=6)
+    assert_mutants_cover(MUTANTS, chapter=7, n_exercises=8)
+
+
+# ---------------------------------------------------------------- plmkit's sft_step against outside references
+def test_plmkit_sft_step_is_one_big_batch_and_hf_num_items_in_batch_loss():
+    """sft.sft_step over uneven micro-batches = one SGD step on all examples in one batch, and its loss is
+    transformers' ForCausalLMLoss with num_items_in_batch (the 2024 fix) summed over the micro-batches."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    g = torch.Generator().manual_seed(0)
+
+    def example(prompt, response):
+        ids = torch.randint(1, checks.STEP_V, (prompt + response,), generator=g).tolist()
+        return ids, [-100] * prompt + ids[prompt:]
+
+    micro = [[example(2, 1)], [example(3, 6), example(1, 3), example(4, 5)], [example(2, 2), example(5, 1)]]
+    a, b = checks._step_model(7), checks._step_model(7)
+    n = sum(sum(t != -100 for t in lab[1:]) for mb in micro for _, lab in mb)
+    with torch.no_grad():
+        hf = sum(float(ForCausalLMLoss(a(x["input_ids"], attention_mask=x["attention_mask"]), x["labels"],
+                                       checks.STEP_V, num_items_in_batch=torch.tensor(n)))
+                 for x in (plmkit_sft.pad_batch(mb, 0) for mb in micro))
+        mean_of_means = sum(float(plmkit_sft.sft_loss(a(x["input_ids"]), x["labels"]))
+                            for x in (plmkit_sft.pad_batch(mb, 0) for mb in micro)) / len(micro)
+    loss = plmkit_sft.sft_step(a, torch.optim.SGD(a.parameters(), lr=0.5), micro, 0)
+    whole = plmkit_sft.sft_step(b, torch.optim.SGD(b.parameters(), lr=0.5), [[ex for mb in micro for ex in mb]], 0)
+    assert math.isclose(loss, hf, rel_tol=1e-5) and math.isclose(loss, whole, rel_tol=1e-5)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not math.isclose(mean_of_means, loss, rel_tol=1e-3)     # the cases tell the two normalisations apart
+
+
+def test_the_books_own_solutions_pass():
+    """The exercise cells of solutions/07_sft.ipynb (not the copies above) pass their checkers."""
+    from solution_code import solutions
+    ns = solutions("07_sft")
+    for check, name in [(checks.check_render_chat, "render_chat"), (checks.check_encode_untrusted, "encode_untrusted"),
+                        (checks.check_response_labels, "response_labels"),
+                        (checks.check_masked_lm_loss, "masked_lm_loss"), (checks.check_pack_two, "pack_two"),
+                        (checks.check_lora_linear, "LoRALinear"), (checks.check_exact_match, "exact_match_score"),
+                        (checks.check_sft_step, "sft_step")]:
+        verdict = check.honour(ns[name], seed=3)
+        assert verdict, (name, verdict.line)

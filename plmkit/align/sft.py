@@ -5,6 +5,8 @@
     rows: padded (pad_batch) or packed (pack: several conversations per row,
           attention and positions reset at each boundary)
     loss: cross-entropy of logits[:, t] against labels[:, t + 1], mean over labelled tokens
+    step: gradient accumulation over padded micro-batches (sft_step): each micro-batch's summed
+          token loss / the response tokens of the WHOLE optimizer step, so the split does not matter
 
 Labels are aligned with ``input_ids`` (Hugging Face's convention); :func:`sft_loss`
 shifts them. ``-100`` marks tokens that carry no loss.
@@ -23,7 +25,8 @@ from .chat import END_OF_TURN, render, render_segments
 
 IGNORE_INDEX = -100
 
-__all__ = ["IGNORE_INDEX", "encode_conversation", "sft_loss", "pad_batch", "pack", "sft_loss_fn",
+__all__ = ["IGNORE_INDEX", "encode_conversation", "sft_loss", "pad_batch", "pack", "sft_loss_fn", "sft_step",
+           "finetune_accumulated",
            "extract_answer", "exact_match", "answer", "answer_batch", "finetune", "qa_accuracy"]
 
 
@@ -150,6 +153,90 @@ def sft_loss_fn(model, batch: dict[str, torch.Tensor]):
     logits = model(batch["input_ids"], **kwargs)
     labels = batch["labels"]
     return sft_loss(logits, labels), {"tokens": (labels[:, 1:] != IGNORE_INDEX).sum().float()}
+
+
+def sft_step(model, optimizer, micro_batches: list[list[tuple[list[int], list[int]]]], pad_id: int) -> float:
+    """One optimizer step of SFT over gradient-accumulation micro-batches; returns the step's loss.
+
+    Each micro-batch is a list of (input_ids, labels) examples (:func:`encode_conversation`'s
+    pairs), right-padded with :func:`pad_batch`. The loss is normalised over the WHOLE step:
+
+        loss = (sum of -log p over every response token of every micro-batch) / N,
+        N    = response tokens of the whole step (labels[:, 1:] != -100, summed over micro-batches)
+
+    so the step's gradient is that of one big batch of all the examples, however they are split.
+    Each micro-batch back-propagates its own token-loss sum divided by N; the gradients add up,
+    then one ``optimizer.step()`` and ``optimizer.zero_grad()``. This is the normalisation
+    Hugging Face's Trainer adopted in 2024 (``num_items_in_batch``); before, it averaged each
+    micro-batch's mean, which over-weights the tokens of micro-batches with few response tokens:
+
+        micro-batch 1: 1 response token, loss 2.0; micro-batch 2: 3 tokens, loss 1.0 each
+        sft_step:              (2.0 + 3 * 1.0) / 4     = 1.25   (every token weighs 1/4)
+        mean of the two means: (2.0 / 1 + 3.0 / 3) / 2 = 1.5    (the lone token weighs 1/2)
+    """
+    if not isinstance(micro_batches, (list, tuple)) or not micro_batches:
+        raise ValueError("micro_batches must be a non-empty list of micro-batches (lists of (input_ids, labels))")
+    if not isinstance(pad_id, int) or isinstance(pad_id, bool) or pad_id < 0:
+        raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")
+    batches = [pad_batch(mb, pad_id) for mb in micro_batches]            # each (B_k, T_k)
+    n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    if n == 0:
+        raise ValueError("micro_batches hold no response token (every label is -100)")
+    total = 0.0
+    for b in batches:
+        logits = model(b["input_ids"], attention_mask=b["attention_mask"])           # (B_k, T_k, V)
+        summed = sft_loss(logits, b["labels"], reduction="none").sum()               # sum over response tokens
+        (summed / n).backward()
+        total += float(summed.detach())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n
+
+
+def finetune_accumulated(model, tokenizer, conversations: list[list[dict]], *, step=None, epochs: float = 1.0,
+                         lr: float = 2e-3, micro_batch_size: int = 16, accumulation: int = 2, seed: int = 0,
+                         warmup_steps: int = 4) -> list[float]:
+    """SFT with padded micro-batches and gradient accumulation; returns the loss of every optimizer step.
+
+    Each epoch shuffles the conversations (with `seed`) and cuts them into micro-batches of
+    `micro_batch_size`, `accumulation` of them per optimizer step, each step one call of
+    ``step(model, optimizer, micro_batches, pad_id)`` (default :func:`sft_step`; the chapter
+    passes the learner's). AdamW at `lr` after a linear warm-up, decaying linearly to 0.
+    """
+    import random
+
+    if not conversations:
+        raise ValueError("conversations must be a non-empty list")
+    for name, v in (("micro_batch_size", micro_batch_size), ("accumulation", accumulation)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    step = step or sft_step
+    pad_id = tokenizer.token_to_id("<pad>")
+    examples = [encode_conversation(tokenizer, c) for c in conversations]
+    per_step = micro_batch_size * accumulation
+    steps = max(1, round(epochs * len(examples) / per_step))
+    rng = random.Random(seed)
+    order: list[int] = []
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup_steps, max(0.0, (steps - s) / max(1, steps - warmup_steps))))
+    torch.manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        while len(order) < per_step:
+            more = list(range(len(examples)))
+            rng.shuffle(more)
+            order += more
+        chosen, order = order[:per_step], order[per_step:]
+        micro = [[examples[i] for i in chosen[k:k + micro_batch_size]] for k in range(0, per_step, micro_batch_size)]
+        losses.append(float(step(model, optimizer, micro, pad_id)))
+        sched.step()
+    model.eval()
+    return losses
 
 
 # ----------------------------------------------------------------------------- answers

@@ -37,7 +37,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_decode import copy_bandwidth, sync  # noqa: E402  (the same helpers as the decode bench)
+from bench_decode import copy_bandwidth, sync, timed  # noqa: E402  (the same helpers as the decode bench)
 
 from plmkit.experiment import label  # noqa: E402
 from plmkit.generate import generate  # noqa: E402
@@ -52,17 +52,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # Linux: KiB
 
 
-def seconds(fn, device, repeats: int):
-    """(result, best wall time of `repeats` runs after one warm-up)."""
-    fn()
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        out = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return out, best
+seconds = timed   # (result, best wall time of `repeats` runs after one warm-up): the decode bench's timer
 
 
 def main() -> None:

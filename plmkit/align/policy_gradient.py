@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..generate import generate
-from .ppo import _response_stats, response_mask
+from .ppo import _response_stats, freeze_reference, history_row, response_mask
 
 __all__ = ["masked_mean", "masked_normalize", "group_normalized_advantages", "rloo_advantages",
            "reinforce_advantages", "policy_gradient_loss", "grpo_clip_loss", "grpo_loss", "LOSS_TYPES",
@@ -279,22 +279,14 @@ def train_grpo(policy: nn.Module, ref: nn.Module, prompt_fn, reward_fn, config: 
     update, mean score, mean sequence KL to `ref`, mean length and eval_fn(responses, mask)."""
     if not isinstance(updates, int) or updates < 0:
         raise ValueError(f"updates must be an int >= 0, got {updates!r}")
-    if any(p is q for p in ref.parameters() for q in policy.parameters()):
-        raise ValueError("ref shares parameters with the policy: pass a frozen copy (copy.deepcopy)")
+    freeze_reference(policy, ref)
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
-    ref.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
     history = []
     for step in range(updates + 1):
         batch = grpo_rollout(policy, ref, prompt_fn(prompts_per_batch, g), reward_fn, config, g)
         if step % log_every == 0 or step == updates:
-            row = {"update": step, "score": float(batch["scores"].mean()), "kl": float(batch["kl"].mean()),
-                   "kl_coef": config.beta, "length": float(batch["mask"].sum(1).float().mean())}
-            if eval_fn is not None:
-                row.update(eval_fn(batch["sequences"][:, batch["prompt_length"]:], batch["mask"]))
-            history.append(row)
+            history.append(history_row(step, batch, config.beta, eval_fn))
         if step == updates:
             break
         grpo_update(policy, optimizer, batch, config, g)

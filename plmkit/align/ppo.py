@@ -353,6 +353,24 @@ def update_from_rollout(policy: PolicyWithValue, optimizer: torch.optim.Optimize
     return ppo_update(policy, optimizer, credit(sampled, config), config, generator)
 
 
+
+def freeze_reference(policy: nn.Module, ref: nn.Module) -> None:
+    """Put the reference in eval mode without gradients; refuse one that shares the policy's parameters."""
+    if any(p is q for p in ref.parameters() for q in policy.parameters()):
+        raise ValueError("ref shares parameters with the policy: pass a frozen copy (copy.deepcopy)")
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+
+
+def history_row(step: int, batch: dict, kl_coef: float, eval_fn=None) -> dict:
+    """One logged row of a policy-gradient run: mean score, KL and length of the batch (+ eval_fn's metrics)."""
+    row = {"update": step, "score": float(batch["scores"].mean()), "kl": float(batch["kl"].mean()),
+           "kl_coef": kl_coef, "length": float(batch["mask"].sum(1).float().mean())}
+    if eval_fn is not None:
+        row.update(eval_fn(batch["sequences"][:, batch["prompt_length"]:], batch["mask"]))
+    return row
+
 def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, config: PPOConfig, updates: int,
               batch_size: int = 64, log_every: int = 10, eval_fn=None, seed: int = 0,
               update_fn=update_from_rollout) -> list[dict]:
@@ -367,24 +385,16 @@ def train_ppo(policy: PolicyWithValue, ref: nn.Module, prompt_fn, reward_fn, con
     """
     if not isinstance(updates, int) or updates < 0:
         raise ValueError(f"updates must be an int >= 0, got {updates!r}")
-    if any(p is q for p in ref.parameters() for q in policy.parameters()):
-        raise ValueError("ref shares parameters with the policy: pass a frozen copy (copy.deepcopy)")
+    freeze_reference(policy, ref)
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                   if config.target_kl is not None else None)
-    ref.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
     history = []
     for step in range(updates + 1):
         batch = sample_rollout(policy, ref, prompt_fn(batch_size, g), reward_fn, config, g)
         if step % log_every == 0 or step == updates:
-            row = {"update": step, "score": float(batch["scores"].mean()), "kl": float(batch["kl"].mean()),
-                   "kl_coef": config.kl_coef, "length": float(batch["mask"].sum(1).float().mean())}
-            if eval_fn is not None:
-                row.update(eval_fn(batch["sequences"][:, batch["prompt_length"]:], batch["mask"]))
-            history.append(row)
+            history.append(history_row(step, batch, config.kl_coef, eval_fn))
         if step == updates:
             break
         update_fn(policy, optimizer, batch, config, g)

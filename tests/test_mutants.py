@@ -632,7 +632,9 @@ def _mutant_counts() -> dict[str, int]:
             bugs = ex.trusted_part().likely_bugs.values()
             counts[e] = counts.get(e, 0) + sum(len(b) if isinstance(b, list) else 1 for b in bugs)
     for path in sorted(Path(__file__).parent.glob("test_checks_*.py")):
-        for row in getattr(importlib.import_module(path.stem), "MUTANTS", []):
+        module = importlib.import_module(path.stem)
+        rows = [r for name in dir(module) if name.endswith("MUTANTS") for r in getattr(module, name)]
+        for row in rows:
             if isinstance(row, tuple) and isinstance(row[0], checks.Exercise):
                 counts[row[0].exercise] = counts.get(row[0].exercise, 0) + 1
     return counts

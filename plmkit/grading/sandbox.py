@@ -69,13 +69,34 @@ def probe() -> tuple[bool, str]:
     return True, "user, PID, mount and network namespaces (unshare), read-only file systems, limits (prlimit)"
 
 
+def _kept_under_tmp(scratch: Path, book: Path) -> list[Path]:
+    """Folders under /tmp that the worker needs (the book, the Python it runs, the corpora): the private
+    /tmp would hide them, so they are bound into the scratch folder first and come along, read-only."""
+    tmp, scratch = Path("/tmp").resolve(), scratch.resolve()
+    wanted = [book, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent,
+              *(Path(p) for p in sys.path if p), Path(os.environ.get("PLMKIT_DATA") or "/nonexistent")]
+    found: list[Path] = []
+    for w in wanted:
+        try:
+            w = w.resolve()
+        except OSError:
+            continue
+        if w.is_dir() and w.is_relative_to(tmp) and w != tmp and not w.is_relative_to(scratch) \
+                and not scratch.is_relative_to(w):
+            found.append(w)
+    top = sorted({w for w in found if not any(w != o and w.is_relative_to(o) for o in found)})
+    return top
+
+
 def _mount_script(scratch: Path, hide: list[Path], book: Path) -> str:
     """The shell lines run as root of the new user namespace, before the worker starts."""
     q = shlex.quote
-    lines = [
-        "set -e",
-        "ip link set lo up",
-        f"mount --bind {q(str(scratch))} /tmp",
+    lines = ["set -e", "ip link set lo up"]
+    for keep in _kept_under_tmp(scratch, book):        # e.g. a checkout (and its .venv) in /tmp/ci
+        inside = scratch.resolve() / keep.relative_to(Path("/tmp").resolve())
+        lines += [f"mkdir -p {q(str(inside))}", f"mount --rbind {q(str(keep))} {q(str(inside))}"]
+    lines += [
+        f"mount --rbind {q(str(scratch))} /tmp",
         "mount -t tmpfs -o size=1g tmpfs /dev/shm",
         # read-only everywhere else (each mount separately: a bind remount changes one mount only)
         "for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do",

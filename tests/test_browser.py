@@ -187,7 +187,7 @@ SHOWN = r"""
   const box = [...document.querySelectorAll('.widget-vbox')].filter(
       b => b.children.length === 2 && b.children[1].classList.contains('widget-box'))[i];
   const readout = box.querySelector('.widget-readout, select');
-  return {value: readout ? (readout.value || readout.innerText) : null, page: box.children[1].innerHTML};
+  return {value: readout ? (readout.value || readout.innerText) : null, page: box.children[1].innerHTML.replace(/ tabindex="-1"/g, '')};   // the theme marks a <pre> once shown
 }
 """
 

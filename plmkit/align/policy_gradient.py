@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..generate import generate
-from .ppo import _response_stats, freeze_reference, history_row, response_mask
+from .ppo import _response_stats, freeze_reference, history_row, sample_and_score
 
 __all__ = ["masked_mean", "masked_normalize", "group_normalized_advantages", "rloo_advantages",
            "reinforce_advantages", "policy_gradient_loss", "grpo_clip_loss", "grpo_loss", "LOSS_TYPES",
@@ -232,22 +231,12 @@ def grpo_rollout(policy: nn.Module, ref: nn.Module, prompts: torch.Tensor, rewar
     advantages (B,) and the sequence KL (k1 summed, for logging)."""
     if prompts.ndim != 2:
         raise ValueError(f"prompts must be (n, P), got {tuple(prompts.shape)}")
-    P = prompts.size(1)
     prompts = prompts.repeat_interleave(config.group_size, dim=0)                          # (B, P)
-    stops = [config.stop_token] if config.stop_token is not None else None
-    sequences = generate(policy, prompts, config.max_new_tokens, temperature=config.temperature, stop_tokens=stops,
-                         pad_token_id=config.pad_token_id, generator=generator)
-    responses = sequences[:, P:]
-    mask = response_mask(responses, config.stop_token)                                     # (B, N)
-    was_training = policy.training
-    policy.eval()
-    logp, _ = _response_stats(policy, sequences, P, config.temperature)
-    ref_logp, _ = _response_stats(ref, sequences, P, config.temperature)
-    policy.train(was_training)
-    scores = reward_fn(responses, mask, prompts).to(logp.dtype)                           # (B,)
-    advantages = group_normalized_advantages(scores, config.group_size, config.scale_rewards)
-    return {"sequences": sequences, "prompt_length": P, "mask": mask, "old_logp": logp, "ref_logp": ref_logp,
-            "scores": scores, "advantages": advantages, "kl": ((logp - ref_logp) * mask).sum(dim=1)}
+    r = sample_and_score(policy, policy, ref, prompts, reward_fn, config, generator)
+    advantages = group_normalized_advantages(r["scores"], config.group_size, config.scale_rewards)
+    return {"sequences": r["sequences"], "prompt_length": r["prompt_length"], "mask": r["mask"],
+            "old_logp": r["logp"], "ref_logp": r["ref_logp"], "scores": r["scores"], "advantages": advantages,
+            "kl": r["kl"]}
 
 
 def grpo_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, config: GRPOConfig,

@@ -270,19 +270,15 @@ def _response_stats(model: nn.Module, sequences: torch.Tensor, P: int, temperatu
 
 
 @torch.no_grad()
-def sample_rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: PPOConfig,
-                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Sample one response per prompt (B, P) and record what the update needs, before any credit assignment.
 
-    reward_fn(responses (B, N), mask (B, N), prompts (B, P)) -> scores (B,). Prompts share one length P
-    (no padding). Returns sequences (B, T), prompt_length P, mask, logp, ref_logp, values (B, N),
-    scores (B,) and the sequence KL (B,) (k1 summed over tokens, for logging).
-    """
-    if prompts.ndim != 2:
-        raise ValueError(f"prompts must be a (B, P) tensor of equal-length prompts, got {tuple(prompts.shape)}")
+def sample_and_score(lm: nn.Module, policy: nn.Module, ref: nn.Module, prompts: torch.Tensor, reward_fn,
+                     config, generator: torch.Generator | None) -> dict:
+    """Sample responses from `lm` for `prompts` (B, P), then score them: response mask, the policy's and the
+    reference's per-token log-probs, the policy's values (None without a value head), rewards and the
+    summed per-sequence KL estimate. Shared by PPO's and GRPO's rollouts."""
     P = prompts.size(1)
     stops = [config.stop_token] if config.stop_token is not None else None
-    sequences = generate(policy.lm, prompts, config.max_new_tokens, temperature=config.temperature,
+    sequences = generate(lm, prompts, config.max_new_tokens, temperature=config.temperature,
                          stop_tokens=stops, pad_token_id=config.pad_token_id, generator=generator)   # (B, T)
     responses = sequences[:, P:]
     mask = response_mask(responses, config.stop_token)                                  # (B, N)
@@ -293,7 +289,21 @@ def sample_rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tenso
     policy.train(was_training)
     scores = reward_fn(responses, mask, prompts).to(logp.dtype)                         # (B,)
     return {"sequences": sequences, "prompt_length": P, "mask": mask, "logp": logp, "ref_logp": ref_logp,
-            "values": values * mask, "scores": scores, "kl": ((logp - ref_logp) * mask).sum(dim=1)}
+            "values": values, "scores": scores, "kl": ((logp - ref_logp) * mask).sum(dim=1)}
+
+def sample_rollout(policy: PolicyWithValue, ref: nn.Module, prompts: torch.Tensor, reward_fn, config: PPOConfig,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Sample one response per prompt (B, P) and record what the update needs, before any credit assignment.
+
+    reward_fn(responses (B, N), mask (B, N), prompts (B, P)) -> scores (B,). Prompts share one length P
+    (no padding). Returns sequences (B, T), prompt_length P, mask, logp, ref_logp, values (B, N),
+    scores (B,) and the sequence KL (B,) (k1 summed over tokens, for logging).
+    """
+    if prompts.ndim != 2:
+        raise ValueError(f"prompts must be a (B, P) tensor of equal-length prompts, got {tuple(prompts.shape)}")
+    r = sample_and_score(policy.lm, policy, ref, prompts, reward_fn, config, generator)
+    return {"sequences": r["sequences"], "prompt_length": r["prompt_length"], "mask": r["mask"], "logp": r["logp"],
+            "ref_logp": r["ref_logp"], "values": r["values"] * r["mask"], "scores": r["scores"], "kl": r["kl"]}
 
 
 @torch.no_grad()
